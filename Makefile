@@ -1,0 +1,28 @@
+# `make test` and `make demo` each do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.psd-installed
+
+.PHONY: install test demo bench clean
+
+# Re-run the install when the pins, setup.py or the C++/CUDA sources change.
+$(STAMP): requirements.txt setup.py $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m psd_train.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/benchmark_psd_loss.py --preset cpu
+
+clean:
+	rm -rf build *.egg-info psd_kernels/_C*.so

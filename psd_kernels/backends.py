@@ -1,0 +1,101 @@
+"""Backend registry: which implementation computes the loss, and why another is missing.
+
+Every backend is a module that exposes the same two functions, called by
+psd_kernels.functional only after the inputs were validated and normalised
+(psd_kernels.validation). The contract, for x: M x D, y: N x D:
+
+    psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction)
+        x, y            same dtype (float16, bfloat16, float32, float64), same device
+        scale           0-dim floating tensor on that device, > 0, may require grad
+        alpha           (M,) tensor, float32 (float64 when x is float64), in [0, 1]
+        labels          (M,) int64 tensor, values in [0, N)
+        teacher_x/_y    both None (the teacher is the student itself, detached) or
+                        M x D' and N x D' of x's dtype and device (never differentiated)
+        teacher_scale   None (the student's scale, detached) or a 0-dim tensor, > 0
+        reduction       "mean" | "sum" | "none"
+        returns         the loss in float32 (float64 for float64 inputs): a 0-dim tensor,
+                        or (M,) for "none"; differentiable in x, y and scale
+
+    psd_clip_loss(image, text, scale, alpha_image, alpha_text,
+                  teacher_image, teacher_text, teacher_scale, reduction)
+        the symmetric loss on one B x B matrix, positives on the diagonal:
+        "mean": 0.5 * (mean_i l_i(image->text) + mean_j l_j(text->image)),
+        "sum":  0.5 * (sum + sum), "none": a (2, B) tensor (row 0 image->text).
+        A backend may leave this out; functional then makes two psd_loss calls.
+
+and ``supports(device: torch.device, dtype: torch.dtype) -> str | None``: None when
+it can run there, else the reason it cannot.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpp", "triton")
+
+# backend name -> module path
+_MODULES = {
+    "reference": "psd_kernels.reference",
+    "cpp": "psd_kernels.cpp",
+    "triton": "psd_kernels.triton_psd",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend is not built or cannot run on these inputs."""
+
+
+def load_backend(name: str):
+    """Import backend `name`, or raise BackendUnavailable saying why it is missing."""
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend {name!r} is not available: {exc}") from exc
+
+
+def _triton_usable(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype):
+    """The backend module for `name` ("auto" or one of BACKENDS) on this device and dtype.
+
+    "auto": CUDA tensors -> triton, else the C++ CUDA op, else the reference;
+    CPU tensors -> the C++ op, else the reference. An explicit name that cannot
+    run raises BackendUnavailable with the reason.
+    """
+    if name == "auto":
+        order = ("triton", "cpp", "reference") if device.type == "cuda" else ("cpp", "reference")
+        for candidate in order:
+            if candidate == "triton" and not _triton_usable(device):
+                continue
+            try:
+                module = load_backend(candidate)
+            except BackendUnavailable:
+                continue
+            if module.supports(device, dtype) is None:
+                return module
+        raise BackendUnavailable(f"no backend runs on device={device} dtype={dtype}")
+    module = load_backend(name)
+    reason = module.supports(device, dtype)
+    if reason is not None:
+        raise BackendUnavailable(f"backend {name!r} cannot run here: {reason}")
+    return module
+
+
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """Map each backend name to None (usable on `device`/`dtype`) or the reason it is not."""
+    device = torch.device(device)
+    status = {}
+    for name in BACKENDS:
+        try:
+            module = load_backend(name)
+        except BackendUnavailable as exc:
+            status[name] = str(exc)
+            continue
+        status[name] = module.supports(device, dtype)
+    return status

@@ -1,0 +1,171 @@
+"""Input checks and normalisation for the public loss functions.
+
+Every error names the argument and what was expected. Shape, dtype and device
+checks are free (metadata only) and always run. Value checks (scale > 0 and
+finite, alpha in [0, 1], labels in range) read the small tensors they check,
+which on a GPU costs one host synchronisation per call; they are skipped while
+torch.compile traces. `check_finite=True` also scans the embeddings for NaN/Inf:
+one extra full read of every embedding tensor plus a synchronisation, so it is
+off by default.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _matrix(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows x embedding dim), got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(t.shape)}): need at least one row")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has embedding dim 0 (shape {tuple(t.shape)})")
+    return t
+
+
+def _same_device_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; move them to one device")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; cast them to one dtype")
+
+
+def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    """A positive, finite 0-dim scale on `like`'s device (a float becomes a constant tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
+        scale = value.reshape(())
+        if not _compiling():
+            v = float(scale.detach())
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be positive and finite (the exponentiated logit scale), got {v}")
+        return scale
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite (the exponentiated logit scale), got {value}")
+    return torch.tensor(float(value), dtype=ct, device=like.device)
+
+
+def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    """alpha as a (rows,) tensor of the accumulation dtype, every entry in [0, 1]."""
+    if isinstance(value, torch.Tensor):
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
+        if value.dim() == 0 or tuple(value.shape) == (1,):
+            alpha = value.reshape(()).to(ct).expand(rows)
+        elif tuple(value.shape) == (rows,):
+            alpha = value.to(ct)
+        else:
+            raise ValueError(f"{name} must be a scalar or have shape ({rows},) (one per row), "
+                             f"got shape {tuple(value.shape)}")
+        alpha = alpha.detach()
+        if not _compiling() and not bool(((alpha >= 0) & (alpha <= 1)).all()):
+            raise ValueError(f"{name} must lie in [0, 1] (NaN is not allowed), got values in "
+                             f"[{float(alpha.min())}, {float(alpha.max())}]")
+        return alpha
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return torch.full((rows,), float(value), dtype=ct, device=like.device)
+
+
+def _labels(labels, offset: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """Positive column per row: explicit labels, or c_i = i + offset."""
+    if labels is None:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset < 0 or offset + rows > cols:
+            raise ValueError(f"offset={offset} puts positives c_i = i + offset outside the {cols} columns "
+                             f"for {rows} rows: need 0 <= offset <= {cols - rows}")
+        return torch.arange(offset, offset + rows, device=like.device)
+    if offset != 0:
+        raise ValueError("give either labels or offset, not both")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of ints, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape != (rows,):
+        raise ValueError(f"labels must have shape ({rows},) (one positive column per row), got {tuple(labels.shape)}")
+    if labels.device != like.device:
+        raise ValueError(f"labels is on {labels.device} but the embeddings are on {like.device}")
+    if not _compiling() and not bool(((labels >= 0) & (labels < cols)).all()):
+        raise ValueError(f"labels must lie in [0, {cols}) (column indices of y), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
+
+
+def _finite(name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset,
+                  reduction, check_finite, names=("x", "y", "teacher_x", "teacher_y", "alpha")) -> dict:
+    """Validate one direction's arguments and return them in the backend contract's form."""
+    nx, ny, ntx, nty, nalpha = names
+    x, y = _matrix(nx, x), _matrix(ny, y)
+    _same_device_dtype(ny, y, nx, x)
+    if y.shape[1] != x.shape[1]:
+        raise ValueError(f"{nx} and {ny} must share the embedding dim: {nx} is {tuple(x.shape)}, {ny} is {tuple(y.shape)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rows, cols = x.shape[0], y.shape[0]
+    if (teacher_x is None) != (teacher_y is None):
+        raise ValueError(f"give both {ntx} and {nty} (a separate teacher) or neither (the student itself)")
+    if teacher_x is not None:
+        teacher_x, teacher_y = _matrix(ntx, teacher_x), _matrix(nty, teacher_y)
+        _same_device_dtype(ntx, teacher_x, nx, x)
+        _same_device_dtype(nty, teacher_y, nx, x)
+        if teacher_x.shape[0] != rows or teacher_y.shape[0] != cols or teacher_x.shape[1] != teacher_y.shape[1]:
+            raise ValueError(f"teacher shapes must be ({rows}, D') and ({cols}, D') to match {nx} and {ny}: "
+                             f"got {ntx} {tuple(teacher_x.shape)} and {nty} {tuple(teacher_y.shape)}")
+        teacher_x, teacher_y = teacher_x.detach(), teacher_y.detach()
+    scale = _scale("logit_scale", logit_scale, x, ct)
+    if teacher_scale is not None:
+        teacher_scale = _scale("teacher_scale", teacher_scale, x, ct).detach()
+    if check_finite:
+        for name, t in ((nx, x), (ny, y), (ntx, teacher_x), (nty, teacher_y)):
+            if t is not None:
+                _finite(name, t)
+    return dict(x=x, y=y, scale=scale, alpha=_alpha(nalpha, alpha, rows, x, ct),
+                labels=_labels(labels, offset, rows, cols, x), teacher_x=teacher_x,
+                teacher_y=teacher_y, teacher_scale=teacher_scale, reduction=reduction)
+
+
+def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
+              alpha_text, reduction, check_finite) -> dict:
+    """Validate the symmetric loss's arguments (one B x B matrix) into the backend contract's form."""
+    rows = _matrix("image_features", image).shape[0]
+    if _matrix("text_features", text).shape[0] != rows:
+        raise ValueError(f"image_features and text_features must have the same number of rows (pairs), "
+                         f"got {rows} and {text.shape[0]}")
+    args = one_direction(image, text, logit_scale, teacher_image, teacher_text, teacher_scale,
+                         alpha_image, None, 0, reduction, check_finite,
+                         names=("image_features", "text_features", "teacher_image", "teacher_text", "alpha_image"))
+    image, text = args["x"], args["y"]
+    ct = args["alpha"].dtype
+    alpha_text = args["alpha"] if alpha_text is None else _alpha("alpha_text", alpha_text, text.shape[0], text, ct)
+    return dict(image=image, text=text, scale=args["scale"], alpha_image=args["alpha"], alpha_text=alpha_text,
+                teacher_image=args["teacher_x"], teacher_text=args["teacher_y"],
+                teacher_scale=args["teacher_scale"], reduction=reduction)
