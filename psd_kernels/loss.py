@@ -7,12 +7,19 @@ It owns the alpha schedule and its step counter: every forward in training mode
 advances the step once, and state_dict() saves it (as extra state), so a resumed
 run draws the same alpha and the same soft subsets. With alpha_max = 0 it is
 open_clip's ClipLoss, computed by a fused backend when one is built.
+
+With world_size > 1 it is the distributed loss of psd_kernels.distributed (open_clip's
+local_loss / gather_with_grad semantics over `process_group`, default the world): each
+rank draws the soft subset of its own rows from its own stream (seed, rank, step,
+direction), so no two ranks share a draw; global mode all-gathers those per-row alphas.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from psd_kernels import validation
+from psd_kernels.distributed import group_rank_size, psd_clip_loss_distributed
 from psd_kernels.functional import psd_clip_loss, psd_loss
 from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS, AlphaSchedule, SoftSubset
 
@@ -34,7 +41,10 @@ class PSDLoss(nn.Module):
             "within_modality" (SoftCLIP-style: image rows get caption-caption targets, caption
             rows get image-image targets, from the teacher's features or the student's own).
         backend: "auto", "reference", "cpp" or "triton" (psd_kernels.psd_loss).
-        local_loss, gather_with_grad, rank, world_size: open_clip's distributed options.
+        local_loss, gather_with_grad, rank, world_size: open_clip's distributed options
+            (psd_kernels.distributed states the losses and gradients each gives).
+        process_group: the group whose ranks share the batch when world_size > 1 (None: the
+            default group); rank and world_size must be this process's rank in it and its size.
         cache_labels: accepted for ClipLoss compatibility; positives are index ranges built
             per call (O(B) integers), so there is nothing worth caching.
 
@@ -50,7 +60,7 @@ class PSDLoss(nn.Module):
                  soft_fraction: float = 1.0, seed: int = 0, teacher_scale: float | None = None,
                  teacher_mode: str = "cross", backend: str = "auto", local_loss: bool = False,
                  gather_with_grad: bool = False, cache_labels: bool = False, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, process_group=None):
         super().__init__()
         if teacher_mode not in TEACHER_MODES:
             raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {teacher_mode!r}")
@@ -68,6 +78,7 @@ class PSDLoss(nn.Module):
         self.cache_labels = cache_labels
         self.rank = rank
         self.world_size = world_size
+        self.process_group = process_group
         self.step = 0
 
     # -- the schedule ---------------------------------------------------------------------
@@ -75,9 +86,11 @@ class PSDLoss(nn.Module):
         """alpha at the current step (before this step's forward advances it)."""
         return self.schedule(self.step)
 
-    def _row_alpha(self, alpha: float, rows: int, stream: int, device) -> torch.Tensor:
+    def _row_alpha(self, alpha: float, rows: int, stream: int, like) -> torch.Tensor:
+        """alpha on this step's soft subset, 0 elsewhere, in the loss's accumulation dtype."""
         mask = self.subset.mask(rows, self.step, stream, self.rank)
-        return (mask.to(torch.float32) * alpha).to(device)
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        return (mask.to(dtype) * alpha).to(like.device)
 
     def get_extra_state(self) -> dict:
         return {"step": self.step, "schedule": self.schedule.kind, "alpha_max": self.schedule.alpha_max,
@@ -105,15 +118,24 @@ class PSDLoss(nn.Module):
             raise ValueError("logit_bias must be a scalar: a per-logit bias would change the softmax, "
                              "which this loss does not model")
         if self.world_size > 1:
-            raise NotImplementedError("PSDLoss with world_size > 1 is not implemented yet")
+            loss = self._distributed(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                     teacher_scale)
+            if self.training:
+                self.step += 1
+            return {"contrastive_loss": loss} if output_dict else loss
 
+        image_features = validation.matrix("image_features", image_features)
+        text_features = validation.matrix("text_features", text_features)
         alpha = self.current_alpha()
-        rows = image_features.shape[0] if isinstance(image_features, torch.Tensor) else 0
-        device = image_features.device if isinstance(image_features, torch.Tensor) else None
-        alpha_image = self._row_alpha(alpha, rows, IMAGE_ROWS, device)
-        alpha_text = self._row_alpha(alpha, rows, TEXT_ROWS, device)
+        rows = image_features.shape[0]
+        alpha_image = self._row_alpha(alpha, rows, IMAGE_ROWS, image_features)
+        alpha_text = self._row_alpha(alpha, rows, TEXT_ROWS, image_features)
         if alpha == 0.0:
-            teacher_image = teacher_text = teacher_scale = None  # Q is one-hot: the teacher is unused
+            # Q is one-hot, so the teacher is unused; its shapes are still checked now, not first at alpha > 0.
+            validation.teacher_pair(teacher_image, teacher_text, image_features, text_features,
+                                    names=("image_features", "text_features", "teacher_image_features",
+                                           "teacher_text_features"))
+            teacher_image = teacher_text = teacher_scale = None
         if self.teacher_mode == "cross":
             loss = psd_clip_loss(image_features, text_features, logit_scale, teacher_image=teacher_image,
                                  teacher_text=teacher_text, teacher_scale=teacher_scale,
@@ -124,6 +146,28 @@ class PSDLoss(nn.Module):
         if self.training:
             self.step += 1
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def _distributed(self, image, text, logit_scale, teacher_image, teacher_text, teacher_scale):
+        """The loss across the process group; a malformed input is rejected inside the distributed
+        call, after every rank joined its handshake, so the peers raise too instead of waiting."""
+        rank, world = group_rank_size(self.process_group)
+        if world == 1:
+            raise RuntimeError(f"PSDLoss(world_size={self.world_size}) needs torch.distributed initialised "
+                               "(e.g. torchrun and torch.distributed.init_process_group) before forward")
+        if (rank, world) != (self.rank, self.world_size):
+            raise ValueError(f"PSDLoss was built with rank={self.rank}, world_size={self.world_size} but this "
+                             f"process is rank {rank} of {world} in its process group")
+        alpha = self.current_alpha()
+        valid = isinstance(image, torch.Tensor) and image.dim() == 2
+        like = image if valid else torch.zeros(0)
+        rows = image.shape[0] if valid else 0
+        # with alpha = 0 every rank's rows are one-hot, so no rank gathers the teacher (distributed.py)
+        return psd_clip_loss_distributed(
+            image, text, logit_scale, teacher_image=teacher_image, teacher_text=teacher_text,
+            teacher_scale=teacher_scale, alpha_image=self._row_alpha(alpha, rows, IMAGE_ROWS, like),
+            alpha_text=self._row_alpha(alpha, rows, TEXT_ROWS, like), teacher_mode=self.teacher_mode,
+            local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
+            process_group=self.process_group, backend=self.backend)
 
     def _within_modality(self, image, text, logit_scale, teacher_image, teacher_text, teacher_scale,
                          alpha_image, alpha_text):

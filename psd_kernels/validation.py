@@ -22,7 +22,7 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _matrix(name: str, t) -> torch.Tensor:
+def matrix(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
@@ -119,11 +119,28 @@ def _finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def teacher_pair(teacher_x, teacher_y, x, y, names=("x", "y", "teacher_x", "teacher_y")):
+    """Check teacher embeddings against the student's rows and columns; return them detached."""
+    nx, ny, ntx, nty = names
+    if (teacher_x is None) != (teacher_y is None):
+        raise ValueError(f"give both {ntx} and {nty} (a separate teacher) or neither (the student itself)")
+    if teacher_x is None:
+        return None, None
+    teacher_x, teacher_y = matrix(ntx, teacher_x), matrix(nty, teacher_y)
+    _same_device_dtype(ntx, teacher_x, nx, x)
+    _same_device_dtype(nty, teacher_y, nx, x)
+    rows, cols = x.shape[0], y.shape[0]
+    if teacher_x.shape[0] != rows or teacher_y.shape[0] != cols or teacher_x.shape[1] != teacher_y.shape[1]:
+        raise ValueError(f"teacher shapes must be ({rows}, D') and ({cols}, D') to match {nx} and {ny}: "
+                         f"got {ntx} {tuple(teacher_x.shape)} and {nty} {tuple(teacher_y.shape)}")
+    return teacher_x.detach(), teacher_y.detach()
+
+
 def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset,
                   reduction, check_finite, names=("x", "y", "teacher_x", "teacher_y", "alpha")) -> dict:
     """Validate one direction's arguments and return them in the backend contract's form."""
     nx, ny, ntx, nty, nalpha = names
-    x, y = _matrix(nx, x), _matrix(ny, y)
+    x, y = matrix(nx, x), matrix(ny, y)
     _same_device_dtype(ny, y, nx, x)
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"{nx} and {ny} must share the embedding dim: {nx} is {tuple(x.shape)}, {ny} is {tuple(y.shape)}")
@@ -131,16 +148,7 @@ def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     rows, cols = x.shape[0], y.shape[0]
-    if (teacher_x is None) != (teacher_y is None):
-        raise ValueError(f"give both {ntx} and {nty} (a separate teacher) or neither (the student itself)")
-    if teacher_x is not None:
-        teacher_x, teacher_y = _matrix(ntx, teacher_x), _matrix(nty, teacher_y)
-        _same_device_dtype(ntx, teacher_x, nx, x)
-        _same_device_dtype(nty, teacher_y, nx, x)
-        if teacher_x.shape[0] != rows or teacher_y.shape[0] != cols or teacher_x.shape[1] != teacher_y.shape[1]:
-            raise ValueError(f"teacher shapes must be ({rows}, D') and ({cols}, D') to match {nx} and {ny}: "
-                             f"got {ntx} {tuple(teacher_x.shape)} and {nty} {tuple(teacher_y.shape)}")
-        teacher_x, teacher_y = teacher_x.detach(), teacher_y.detach()
+    teacher_x, teacher_y = teacher_pair(teacher_x, teacher_y, x, y, names=(nx, ny, ntx, nty))
     scale = _scale("logit_scale", logit_scale, x, ct)
     if teacher_scale is not None:
         teacher_scale = _scale("teacher_scale", teacher_scale, x, ct).detach()
@@ -156,8 +164,8 @@ def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
 def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
               alpha_text, reduction, check_finite) -> dict:
     """Validate the symmetric loss's arguments (one B x B matrix) into the backend contract's form."""
-    rows = _matrix("image_features", image).shape[0]
-    if _matrix("text_features", text).shape[0] != rows:
+    rows = matrix("image_features", image).shape[0]
+    if matrix("text_features", text).shape[0] != rows:
         raise ValueError(f"image_features and text_features must have the same number of rows (pairs), "
                          f"got {rows} and {text.shape[0]}")
     args = one_direction(image, text, logit_scale, teacher_image, teacher_text, teacher_scale,

@@ -1,0 +1,102 @@
+"""The public API: backend selection, and PSDLoss as a drop-in for open_clip's losses.
+
+    .venv/bin/python -m pytest tests/test_api.py
+"""
+import pytest
+import torch
+
+import psd_kernels
+from psd_kernels import BackendUnavailable, PSDLoss, available_backends, psd_clip_loss, psd_loss
+from psd_kernels import backends
+
+F64 = torch.float64
+
+
+def pair(b=8, d=5, dtype=F64):
+    return torch.randn(b, d, dtype=dtype, requires_grad=True), torch.randn(b, d, dtype=dtype, requires_grad=True)
+
+
+def test_missing_backend_raises_clear_error_and_auto_falls_back(monkeypatch):
+    monkeypatch.setitem(backends._MODULES, "cpp", "psd_kernels._not_built_for_this_test")
+    x, y = pair()
+    with pytest.raises(BackendUnavailable, match="backend 'cpp' is not available"):
+        psd_loss(x, y, 2.0, backend="cpp")
+    assert "not available" in available_backends("cpu")["cpp"]
+    torch.testing.assert_close(psd_loss(x, y, 2.0), psd_loss(x, y, 2.0, backend="reference"))
+
+
+def test_triton_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, y = pair(dtype=torch.float32)
+    with pytest.raises(BackendUnavailable, match="triton"):
+        psd_loss(x, y, 2.0, backend="triton")
+
+
+def test_every_available_cpu_backend_agrees_with_reference():
+    """Whatever is built here (the reference at least) matches the reference in float64 or float32."""
+    x, y = pair(13, 7, torch.float32)
+    want = psd_clip_loss(x, y, 3.0, alpha_image=0.4, backend="reference")
+    for name, reason in available_backends("cpu", torch.float32).items():
+        if reason is None:
+            torch.testing.assert_close(psd_clip_loss(x, y, 3.0, alpha_image=0.4, backend=name), want,
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_under_open_clip_distill_names_is_the_same_teacher():
+    img, txt = pair()
+    t_img, t_txt = torch.randn(8, 3, dtype=F64), torch.randn(8, 3, dtype=F64)
+    opts = dict(alpha_max=0.5, backend="reference")
+    ours = PSDLoss(**opts)(img, txt, 3.0, teacher_image_features=t_img, teacher_text_features=t_txt,
+                           teacher_logit_scale=6.0)
+    theirs = PSDLoss(**opts)(img, txt, 3.0, dist_image_features=t_img, dist_text_features=t_txt,
+                             dist_logit_scale=6.0, output_dict=True)
+    want = psd_clip_loss(img, txt, 3.0, teacher_image=t_img, teacher_text=t_txt, teacher_scale=6.0,
+                         alpha_image=0.5, backend="reference")
+    torch.testing.assert_close(ours, want, rtol=1e-14, atol=0)
+    torch.testing.assert_close(theirs["contrastive_loss"], want, rtol=1e-14, atol=0)
+
+
+def test_fixed_teacher_scale_option_and_soft_fraction():
+    img, txt = pair(10)
+    loss_fn = PSDLoss(alpha_max=0.8, schedule="constant", soft_fraction=0.5, seed=1, teacher_scale=9.0,
+                      backend="reference")
+    got = loss_fn(img, txt, 3.0)
+    from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS
+    a_img = 0.8 * loss_fn.subset.mask(10, 0, IMAGE_ROWS).to(F64)
+    a_txt = 0.8 * loss_fn.subset.mask(10, 0, TEXT_ROWS).to(F64)
+    assert int((a_img > 0).sum()) == 5 and not torch.equal(a_img, a_txt)
+    want = psd_clip_loss(img, txt, 3.0, teacher_scale=9.0, alpha_image=a_img, alpha_text=a_txt, backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+
+
+def test_within_modality_teacher_is_two_one_direction_losses():
+    img, txt = pair(9)
+    t_img, t_txt = torch.randn(9, 4, dtype=F64), torch.randn(9, 4, dtype=F64)
+    loss_fn = PSDLoss(alpha_max=0.3, schedule="constant", teacher_mode="within_modality", backend="reference")
+    got = loss_fn(img, txt, 2.0, teacher_image_features=t_img, teacher_text_features=t_txt)
+    want = 0.5 * (psd_loss(img, txt, 2.0, teacher_x=t_txt, teacher_y=t_txt, alpha=0.3, backend="reference")
+                  + psd_loss(txt, img, 2.0, teacher_x=t_img, teacher_y=t_img, alpha=0.3, backend="reference"))
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    own = loss_fn(img, txt, 2.0)  # default teacher: the student's own features, detached
+    want_own = 0.5 * (psd_loss(img, txt, 2.0, teacher_x=txt, teacher_y=txt, alpha=0.3, backend="reference")
+                      + psd_loss(txt, img, 2.0, teacher_x=img, teacher_y=img, alpha=0.3, backend="reference"))
+    torch.testing.assert_close(own, want_own, rtol=1e-14, atol=0)
+
+
+def test_alpha_zero_step_is_clip_whatever_the_teacher():
+    img, txt = pair()
+    loss_fn = PSDLoss(alpha_max=0.5, ramp_steps=100, backend="reference")  # alpha(0) = 0
+    got = loss_fn(img, txt, 3.0, teacher_image_features=torch.randn(8, 2, dtype=F64),
+                  teacher_text_features=torch.randn(8, 2, dtype=F64))
+    torch.testing.assert_close(got, psd_clip_loss(img, txt, 3.0, backend="reference"), rtol=1e-14, atol=0)
+
+
+def test_public_names():
+    assert set(psd_kernels.__all__) >= {"PSDLoss", "psd_loss", "psd_clip_loss", "available_backends"}
+
+
+def test_teacher_shapes_are_checked_even_when_alpha_is_zero():
+    img, txt = pair()
+    with pytest.raises(ValueError, match="teacher shapes"):
+        PSDLoss(alpha_max=0.5, ramp_steps=100)(img, txt, 3.0, teacher_image_features=torch.randn(7, 2, dtype=F64),
+                                               teacher_text_features=torch.randn(8, 2, dtype=F64))
