@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.psd-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench device-check clean
 
 # Re-run the install when the pins, setup.py or the C++/CUDA sources change.
 $(STAMP): requirements.txt setup.py $(wildcard csrc/*)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/benchmark_psd_loss.py --preset cpu
+
+# On the GPU machine (its own python3 and torch, no registry): build the extension in place,
+# check every GPU backend against the reference and time them; results under $$OUT.
+device-check:
+	$(PYTHON) setup.py build_ext --inplace
+	PYTHONPATH=$(CURDIR) $(PYTHON) benchmarks/device_check.py --out "$${OUT:-device_out}"
 
 clean:
 	rm -rf build *.egg-info psd_kernels/_C*.so
