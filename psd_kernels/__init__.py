@@ -5,9 +5,10 @@
 The math, gradients and fused algorithm: ../shared/design/LOSS.md.
 """
 from psd_kernels.backends import BACKENDS, BackendUnavailable, available_backends
+from psd_kernels.distributed import psd_clip_loss_distributed
 from psd_kernels.functional import psd_clip_loss, psd_loss
 from psd_kernels.loss import PSDLoss
 from psd_kernels.schedule import AlphaSchedule, SoftSubset
 
 __all__ = ["BACKENDS", "AlphaSchedule", "BackendUnavailable", "PSDLoss", "SoftSubset",
-           "available_backends", "psd_clip_loss", "psd_loss"]
+           "available_backends", "psd_clip_loss", "psd_clip_loss_distributed", "psd_loss"]

@@ -1,0 +1,289 @@
+"""The PSD loss across ranks: local rows against all-gathered columns (open_clip's semantics).
+
+    loss = psd_clip_loss_distributed(image_features, text_features, logit_scale,
+                                     alpha_image=0.3, local_loss=True, gather_with_grad=True)
+
+Rank r of W holds b_r image-text pairs; N = b_0 + ... + b_{W-1} and o_r = b_0 + ... + b_{r-1}
+(the row of the concatenated batch where rank r's pairs start). Unequal b_r (the last batch
+of an epoch) are supported: every call first all-gathers a few ints per rank (batch size,
+dims, dtype, mode), so every rank also learns whether a peer's inputs were rejected and
+raises instead of hanging in a collective.
+
+local_loss=True: rows are this rank's b_r pairs, columns all N; positives c_i = o_r + i.
+    Two one-direction losses: local images vs all texts, local texts vs all images. Rank r
+    returns (reduction "mean") 0.5 * (W / N) * (sum_i l_i(image) + sum_j l_j(text)), so the
+    mean over ranks is the single-process loss on the concatenated batch; with equal b_r
+    that is the mean over this rank's rows, open_clip's value. "sum": 0.5 * (sum + sum) of
+    this rank's rows (the ranks' values add up to the single-process sum); "none": (2, b_r).
+local_loss=False: every rank computes the full N x N symmetric loss (the same value on
+    every rank, W times the local mode's compute).
+gather_with_grad=True: the all-gather is differentiable; its backward sums every rank's
+    gradient of the gathered rows and returns each owner its own (a reduce-scatter). A
+    rank's feature gradient is then W times the single-process gradient of its rows, and
+    DDP's averaging of parameter gradients over ranks restores the single-process gradient.
+gather_with_grad=False: gathered copies carry no gradient. Global mode puts this rank's
+    own (grad-carrying) tensors back into its slice, as open_clip does: a rank's feature
+    gradient is the single-process gradient (DDP's averaging then divides it by W). Local
+    mode leaves only the rows with a gradient: the columns' share of the gradient is dropped.
+logit_scale gets the gradient of this rank's loss: local mode, the mean over ranks is the
+    single-process gradient; global mode, every rank's is.
+
+Teacher embeddings are gathered without gradient, and only when some rank has a row with
+alpha > 0 (otherwise every target is one-hot and the teacher is unused). alpha_image / alpha_text are per local
+row (or scalars); global mode all-gathers them, so the soft subset each rank drew for its
+own rows is the one the global loss uses. Communication does not overlap the loss: the
+sweep needs every column before its first tile. Memory per rank beyond the inputs: the
+gathered N x D student features (and their gradient in the backward), N x D' teacher
+features, O(N) scalars; a fused backend keeps no b_r x N (local) or N x N (global) buffer.
+
+Run its tests with: .venv/bin/python -m pytest tests/test_distributed.py -q
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from psd_kernels import validation
+from psd_kernels.backends import resolve_backend
+from psd_kernels.symmetric import combine_directions
+
+TEACHER_MODES = ("cross", "within_modality")
+_DTYPES = validation.FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each rank's rows sit in the concatenated batch."""
+
+    rank: int
+    sizes: tuple
+
+    @property
+    def world(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def offset(self) -> int:
+        return sum(self.sizes[:self.rank])
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+
+def group_rank_size(process_group=None) -> tuple[int, int]:
+    """(rank, world size) in `process_group` (None: the default group); (0, 1) without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if process_group is not None:
+            raise RuntimeError("process_group was given but torch.distributed is not initialised")
+        return 0, 1
+    rank = dist.get_rank(process_group)
+    if rank < 0:
+        raise RuntimeError("this process is not a member of process_group")
+    return rank, dist.get_world_size(process_group)
+
+
+# -- collectives on rows, padded to the largest b_r on the wire ------------------------------
+def _pad_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[0] == width:
+        return t.contiguous()
+    return torch.cat([t, t.new_zeros((width - t.shape[0],) + tuple(t.shape[1:]))])
+
+
+def all_gather_rows(tensors, layout: Layout, group) -> list:
+    """Each tensor's rows from every rank, concatenated in rank order (N x ...); no gradient.
+
+    One all_gather per tensor, issued together; each moves W * max(b_r) rows.
+    """
+    width = max(layout.sizes)
+    outs, works = [], []
+    for t in tensors:
+        out = t.new_empty((layout.world * width,) + tuple(t.shape[1:]))
+        works.append(dist.all_gather_single(out, _pad_rows(t, width), group=group, async_op=True))
+        outs.append(out)
+    for work in works:
+        work.wait()
+    if all(n == width for n in layout.sizes):
+        return outs
+    return [torch.cat([out[r * width:r * width + n] for r, n in enumerate(layout.sizes)]) for out in outs]
+
+
+def reduce_scatter_rows(grads, layout: Layout, group) -> list:
+    """For each N x ... gradient: the sum over ranks of this rank's b_r rows (a reduce-scatter)."""
+    width = max(layout.sizes)
+    outs, works = [], []
+    for g in grads:
+        if any(n != width for n in layout.sizes):
+            g = torch.cat([_pad_rows(chunk, width) for chunk in g.split(list(layout.sizes))])
+        out = g.new_empty((width,) + tuple(g.shape[1:]))
+        works.append(dist.reduce_scatter_single(out, g.contiguous(), group=group, async_op=True))
+        outs.append(out)
+    for work in works:
+        work.wait()
+    return [out[:layout.sizes[layout.rank]] for out in outs]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward: each owner receives the sum over ranks of its rows' gradients."""
+
+    @staticmethod
+    def forward(ctx, layout, group, *tensors):
+        ctx.layout, ctx.group = layout, group
+        return tuple(all_gather_rows(tensors, layout, group))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None, *reduce_scatter_rows(grads, ctx.layout, ctx.group))
+
+
+def gather_features(tensors, layout: Layout, group, gather_with_grad: bool, local_loss: bool) -> list:
+    """All ranks' rows of each tensor with open_clip's gradient semantics (module docstring)."""
+    if layout.world == 1:
+        return list(tensors)
+    if gather_with_grad:
+        return list(_GatherWithGrad.apply(layout, group, *tensors))
+    gathered = all_gather_rows([t.detach() for t in tensors], layout, group)
+    if local_loss:
+        return gathered
+    lo, hi = layout.offset, layout.offset + layout.sizes[layout.rank]
+    return [torch.cat([g[:lo], t, g[hi:]]) for g, t in zip(gathered, tensors)]
+
+
+# -- the handshake: sizes, and agreement on everything the collectives depend on -------------
+_FIELDS = ("ok", "rows", "embedding dim", "dtype", "teacher embedding dim (-1: no teacher)",
+           "local_loss", "gather_with_grad", "teacher_mode", "features requiring grad (gather_with_grad)",
+           "teacher used (some alpha > 0)")
+_AGREE = range(2, len(_FIELDS) - 1)  # fields every rank must share; the last one is OR-ed
+
+
+def _teacher_used(args) -> bool:
+    """A teacher matters only for rows with alpha > 0 (reads alpha: one host sync on a GPU)."""
+    return args["teacher_image"] is not None and bool((args["alpha_image"] > 0).any()
+                                                      or (args["alpha_text"] > 0).any())
+
+
+def _handshake(args, error, rank, world, group, local_loss, gather_with_grad, teacher_mode):
+    """All-gather one row of ints per rank; raise on every rank when a rank failed or ranks disagree.
+
+    Returns the Layout and whether any rank's rows use the teacher.
+    """
+    if error is None:
+        image, teacher = args["image"], args["teacher_image"]
+        wants_grad = (gather_with_grad and torch.is_grad_enabled()
+                      and (image.requires_grad or args["text"].requires_grad))
+        mine = [1, image.shape[0], image.shape[1], _DTYPES.index(image.dtype),
+                -1 if teacher is None else teacher.shape[1], int(local_loss), int(gather_with_grad),
+                TEACHER_MODES.index(teacher_mode), int(wants_grad), int(_teacher_used(args))]
+    else:
+        mine = [0] + [-1] * (len(_FIELDS) - 1)
+    # a few ints: on the CPU where the group's backend can (gloo, mpi), else on this rank's GPU (nccl)
+    backend = str(dist.get_backend(group))
+    on_cpu = "gloo" in backend or "mpi" in backend or not torch.cuda.is_available()
+    device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
+    out = torch.empty(world * len(_FIELDS), dtype=torch.int64, device=device)
+    dist.all_gather_single(out, torch.tensor(mine, dtype=torch.int64, device=device), group=group)
+    table = out.view(world, len(_FIELDS)).tolist()
+    if error is not None:
+        raise error
+    failed = [r for r, row in enumerate(table) if row[0] == 0]
+    if failed:
+        raise RuntimeError(f"rank(s) {failed} of the process group rejected their loss inputs (the error is "
+                           f"raised on those ranks); rank {rank}'s inputs were valid")
+    for field in _AGREE:
+        values = [row[field] for row in table]
+        if len(set(values)) > 1:
+            if field == 3:
+                values = [str(_DTYPES[v]) for v in values]
+            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+            raise ValueError(f"{_FIELDS[field]} must be the same on every rank, got {per_rank}")
+    return Layout(rank, tuple(row[1] for row in table)), any(row[-1] for row in table)
+
+
+def psd_clip_loss_distributed(image_features, text_features, logit_scale, *, teacher_image=None,
+                              teacher_text=None, teacher_scale=None, alpha_image=0.0, alpha_text=None,
+                              teacher_mode="cross", local_loss=True, gather_with_grad=True,
+                              process_group=None, reduction="mean", backend="auto",
+                              check_finite=False) -> torch.Tensor:
+    """Symmetric PSD loss of this rank's pairs against every rank's (see the module docstring).
+
+    Arguments are psd_kernels.psd_clip_loss's for this rank's b_r pairs (alpha per local
+    row), plus:
+        teacher_mode: "cross" (the teacher's image-text matrix seen from both sides) or
+            "within_modality" (image rows get caption-caption targets, caption rows
+            image-image targets; default teacher: the gathered student features, detached).
+        local_loss, gather_with_grad: open_clip's options; the defaults are open_clip's
+            --local-loss --gather-with-grad, the setting whose gradients are exact.
+        process_group: the ranks that share the batch; None is the default (world) group.
+
+    Every rank of the group must call this with the same options and dims (it raises on
+    every rank otherwise) and, with gather_with_grad, must run the backward: the gradient
+    exchange is a collective. Without torch.distributed it is psd_clip_loss on this batch.
+    Teacher tensors get no gradient.
+    """
+    rank, world = group_rank_size(process_group)
+    args, module, error = None, None, None
+    try:
+        if teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {teacher_mode!r}")
+        args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                    teacher_scale, alpha_image, alpha_text, reduction, check_finite)
+        module = resolve_backend(backend, args["image"].device, args["image"].dtype)
+    except Exception as exc:  # re-raised after the handshake, so no peer waits in a collective
+        error = exc
+    if world > 1:
+        layout, teacher_used = _handshake(args, error, rank, world, process_group, local_loss,
+                                          gather_with_grad, teacher_mode)
+    elif error is not None:
+        raise error
+    else:
+        layout, teacher_used = Layout(0, (args["image"].shape[0],)), _teacher_used(args)
+
+    image, text, scale, t_scale = args["image"], args["text"], args["scale"], args["teacher_scale"]
+    all_image, all_text = gather_features([image, text], layout, process_group, gather_with_grad, local_loss)
+    t_image, t_text = (args["teacher_image"], args["teacher_text"]) if teacher_used else (None, None)
+    if t_image is None:
+        all_t_image = all_t_text = None
+    elif world == 1:
+        all_t_image, all_t_text = t_image, t_text
+    else:
+        all_t_image, all_t_text = all_gather_rows([t_image, t_text], layout, process_group)
+
+    if local_loss:
+        rows = (image, text, t_image, t_text, args["alpha_image"], args["alpha_text"])
+        labels = torch.arange(layout.offset, layout.offset + layout.sizes[rank], device=image.device)
+    else:
+        alphas = [args["alpha_image"], args["alpha_text"]]
+        alpha_i, alpha_t = alphas if world == 1 else all_gather_rows(alphas, layout, process_group)
+        rows = (all_image, all_text, all_t_image, all_t_text, alpha_i, alpha_t)
+        labels = torch.arange(layout.total, device=image.device)
+        if teacher_mode == "cross" and hasattr(module, "psd_clip_loss"):
+            return module.psd_clip_loss(all_image, all_text, scale, alpha_i, alpha_t, all_t_image, all_t_text,
+                                        t_scale, reduction)
+    image_rows, text_rows = _directions(module, rows, all_image, all_text, all_t_image, all_t_text,
+                                        scale, t_scale, labels, teacher_mode,
+                                        "none" if reduction == "none" else "sum")
+    if reduction == "mean":
+        # local: (W / N) * sum over local rows, so the mean over ranks is the global mean
+        rows_per_rank = layout.total / layout.world if local_loss else layout.total
+        return 0.5 * (image_rows + text_rows) / rows_per_rank
+    return combine_directions(image_rows, text_rows, "none" if reduction == "none" else "sum")
+
+
+def _directions(module, rows, all_image, all_text, all_t_image, all_t_text, scale, t_scale, labels,
+                teacher_mode, reduction):
+    """image rows vs all texts and text rows vs all images, with each direction's teacher."""
+    image, text, t_image, t_text, alpha_image, alpha_text = rows
+    if teacher_mode == "cross":
+        # the teacher's image-text matrix: rows' teacher x~ against gathered y~ (None: self teacher)
+        teach_image_rows, teach_text_rows = (t_image, all_t_text), (t_text, all_t_image)
+    else:
+        # within-modality: caption-caption targets for image rows, image-image for caption rows
+        if t_image is None:
+            t_image, t_text, all_t_image, all_t_text = (image.detach(), text.detach(),
+                                                        all_image.detach(), all_text.detach())
+        teach_image_rows, teach_text_rows = (t_text, all_t_text), (t_image, all_t_image)
+    image_rows = module.psd_loss(image, all_text, scale, alpha_image, labels, *teach_image_rows, t_scale, reduction)
+    text_rows = module.psd_loss(text, all_image, scale, alpha_text, labels, *teach_text_rows, t_scale, reduction)
+    return image_rows, text_rows
