@@ -1,0 +1,311 @@
+"""The Triton backend of the PSD loss: host functions, one autograd Function, the backend contract.
+
+Implements ../shared/design/LOSS.md with the fused kernels of
+psd_kernels/triton_kernels.py.
+
+Forward: one sweep over column tiles per row block (split over columns when
+there are few row blocks), writing per-row partial statistics that are merged
+here. The symmetric loss uses the same sweep for both directions: each program
+owns a row group and a column split and also folds its tiles into per-(group,
+column) partials (PSD_TRITON_COLUMN_STATS=sweep instead runs a second sweep
+with the roles swapped; both are timed by benchmarks/device_check.py).
+
+Backward: recompute the logit tiles from the saved per-row statistics, one
+kernel call per side (rows = image for d image, rows = text for d text: no
+atomics, deterministic), plus per-row pieces of the logit-scale gradient summed
+here. PSD_TRITON_BACKWARD=atomic makes it one call that also adds the column
+side's gradient atomically (one recomputation fewer; last bits vary run to run).
+
+Memory beyond inputs and outputs, all O(B): 6 floats per (row, column split)
+and 5 per (row group, column) in the forward, 3 per row saved for the backward,
+the fp32 gradient rows (splits x rows x D) before their cast to the input dtype.
+Any M, N, D: tiles are masked at the edges; the backward pads D to a power of two
+up to 1024 and covers wider D in 1024-wide slices, each recomputing the tiles.
+Autotuning: configs keyed on the swept length (power-of-two bucket, capped at 65536),
+D, D', teacher case and dtypes; PSD_TRITON_AUTOTUNE=0 runs the first config that fits.
+
+Use it through the public API: psd_kernels.psd_loss(..., backend="triton").
+Teacher tensors never receive a gradient, even if they require one.
+Tested by: .venv/bin/python -m pytest tests/test_triton.py
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from psd_kernels import triton_kernels as K
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The backward holds BLOCK_M x BLOCK_D fp32 gradient rows in registers: D up to this
+# is padded to a power of two, wider D runs in slices that each recompute the tiles.
+_MAX_BLOCK_D = 32 if K.INTERPRET else 1024  # interpreted tests: slices at tiny D
+_SM_CACHE: dict = {}
+
+
+def supports(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when the Triton kernels can run on `device` with `dtype`, else the reason."""
+    if dtype not in _DTYPES:
+        return f"the Triton kernels take float16, bfloat16 or float32, not {dtype}"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device}"
+
+
+def _autotune() -> bool:
+    """PSD_TRITON_AUTOTUNE=0 skips tuning and runs the first config that fits (quick checks)."""
+    return os.environ.get("PSD_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 2  # the interpreter: small so that tiny tests still split their columns
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_CACHE:
+        _SM_CACHE[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_CACHE[index]
+
+
+def _num_splits(rows: int, cols: int, device: torch.device, block_m: int, cap: int) -> int:
+    """Column splits so that (row blocks x splits) fills about twice the SMs, at most `cap`."""
+    row_blocks = triton.cdiv(rows, block_m)
+    min_cols = 16 if K.INTERPRET else 64  # interpreted tests: splits (some empty) at tiny sizes
+    return max(1, min(cap, triton.cdiv(cols, min_cols), triton.cdiv(2 * _num_sms(device), row_blocks)))
+
+
+def _tune_n(n: int) -> int:
+    """Autotune key for the swept length: its power of two, capped so huge batches reuse 64K's pick."""
+    return min(triton.next_power_of_2(n), 65536)
+
+
+def _block_k(d: int, dtype: torch.dtype) -> int:
+    return min(max(16, triton.next_power_of_2(d)), 32 if dtype == torch.float32 else 64)
+
+
+def _launch(kernel, grid, args, **meta):
+    """Run an autotuned kernel, or its first surviving config when tuning is off."""
+    if _autotune():
+        kernel[grid](*args, **meta)
+        return
+    names = kernel.fn.arg_names
+    named = dict(zip(names, args))
+    config = kernel.early_config_prune(kernel.configs, named, **meta)[0] if kernel.early_config_prune \
+        else kernel.configs[0]
+    kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps,
+                    num_stages=config.num_stages)
+
+
+def _common(a, ta):
+    interpret = K.INTERPRET
+    fp32 = a.dtype == torch.float32
+    return dict(DOT_FP32=interpret, PRECISION="ieee" if (fp32 or interpret) else None,
+                BLOCK_K=_block_k(a.shape[1], a.dtype),
+                BLOCK_KT=_block_k(ta.shape[1], a.dtype) if ta is not None else 16)
+
+
+def _merge(m, l, mt, lt, w, dim):
+    """Merge partial online-softmax states along `dim`.
+
+    lse = m* + log sum_k l_k e^{m_k - m*}; the teacher's lse~ likewise; and
+    E_R[S] = sum_k w_k e^{mt_k - mt*} / sum_k lt_k e^{mt_k - mt*}.
+    """
+    m_max = m.amax(dim=dim, keepdim=True)
+    lse = m_max.squeeze(dim) + torch.log((l * torch.exp(m - m_max)).sum(dim=dim))
+    mt_max = mt.amax(dim=dim, keepdim=True)
+    ct = torch.exp(mt - mt_max)
+    lt_sum = (lt * ct).sum(dim=dim)
+    return lse, mt_max.squeeze(dim) + torch.log(lt_sum), (w * ct).sum(dim=dim) / lt_sum
+
+
+def _groups(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
+    """(row groups, column splits) of the one-sweep symmetric forward: about 2 x SMs programs."""
+    if K.INTERPRET:  # tiny tests: several groups, some of them empty
+        return min(4, triton.cdiv(n_rows, 16)), min(4, triton.cdiv(n_cols, 16))
+    target = 2 * _num_sms(device)
+    groups = max(1, min(triton.cdiv(n_rows, 128), math.isqrt(target)))
+    return groups, max(1, min(triton.cdiv(n_cols, 128), triton.cdiv(target, groups)))
+
+
+def _column_stats_mode() -> str:
+    """PSD_TRITON_COLUMN_STATS: "partials" (default: one sweep, per-group column partials
+    merged here) or "sweep" (a second sweep with the roles swapped; for measurements)."""
+    mode = os.environ.get("PSD_TRITON_COLUMN_STATS", "partials")
+    if mode not in ("partials", "sweep"):
+        raise ValueError(f"PSD_TRITON_COLUMN_STATS must be 'partials' or 'sweep', got {mode!r}")
+    return mode
+
+
+def _forward_stats(a, b, ta, tb, scale, tscale, labels, teacher, col_stats):
+    """One sweep of rows `a` against columns `b`.
+
+    Returns (lse, lse~, E_R[S], S_{i,c_i}) of a's rows, and with `col_stats` also
+    (lse', lse~', E_R'[S]) of b's rows seen as queries against a's rows (fp32).
+    """
+    n_a, n_b = a.shape[0], b.shape[0]
+    if col_stats:
+        n_groups, n_split = _groups(n_a, n_b, a.device)
+        colpart = torch.zeros((5, n_groups, n_b), device=a.device, dtype=torch.float32)
+        colpart[0::2][:2].fill_(-1.0e30)  # empty state: m' = mt' = -1e30, l' = lt' = w' = 0
+        grid = (n_groups, n_split)
+    else:
+        n_split = _num_splits(n_a, n_b, a.device, 128 if not K.INTERPRET else 16, cap=64)
+        n_groups, colpart = max(n_a, 1), a  # one row block per program; colpart unused
+        grid = lambda meta: (triton.cdiv(n_a, meta["BLOCK_M"]), n_split)  # noqa: E731
+    part = torch.empty((6, n_a, n_split), device=a.device, dtype=torch.float32)
+    diag = labels is None
+    ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
+    _launch(K._psd_fwd_kernel, grid,
+            (a, b, ta_, tb_, a if diag else labels, scale, tscale, part, colpart,
+             n_a, n_b, a.shape[1], ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0),
+             n_split, n_groups, _tune_n(n_b)),
+            TEACHER=teacher, LABELS_DIAG=diag, COL_STATS=col_stats, **_common(a, ta if teacher == 2 else None))
+    m, l, mt, lt, w, pos = part.unbind(0)
+    rows = _merge(m, l, mt, lt, w, dim=1) + (pos.sum(dim=1),)
+    if not col_stats:
+        return rows, None
+    return rows, _merge(*colpart.unbind(0), dim=0)
+
+
+def _row_losses(lse, expected_s, pos, alpha):
+    """l_i = LSE_j(S_ij) - (1 - alpha_i) S_{i,c_i} - alpha_i E_{R_i}[S_i]."""
+    alpha = alpha.float()
+    return lse - (1.0 - alpha) * pos - alpha * expected_s
+
+
+def _backward_mode() -> str:
+    """PSD_TRITON_BACKWARD: "split" (default: a kernel per side, deterministic) or "atomic"
+    (one kernel, the column side's gradient added atomically; one recomputation fewer)."""
+    mode = os.environ.get("PSD_TRITON_BACKWARD", "split")
+    if mode not in ("split", "atomic"):
+        raise ValueError(f"PSD_TRITON_BACKWARD must be 'split' or 'atomic', got {mode!r}")
+    return mode
+
+
+def _grad_rows(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_ds, db=None):
+    """Gradient rows of `a` (input dtype) and the per-row logit-scale pieces (fp32 or None).
+
+    a_dir / b_dir: None or (lse, lset, g, alpha, labels) of the direction whose queries
+    are a's rows / b's rows (labels None on the diagonal). `db`: a zeroed (n_b, D) fp32
+    buffer to which the kernel also adds b's gradient atomically, or None.
+    """
+    n_a, n_b, d = a.shape[0], b.shape[0], a.shape[1]
+    n_split = _num_splits(n_a, n_b, a.device, 64 if not K.INTERPRET else 16, cap=8)
+    da = torch.empty((n_split, n_a, d), device=a.device, dtype=torch.float32)
+    ds = torch.empty((n_split, n_a) if need_ds else (1,), device=a.device, dtype=torch.float32)
+    dummy = (scale, scale, scale, scale, scale)
+    sa = a_dir if a_dir is not None else dummy
+    sb = b_dir if b_dir is not None else dummy
+    sa = tuple(scale if t is None else t for t in sa)
+    sb = tuple(scale if t is None else t for t in sb)
+    ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
+    block_d = min(max(16, triton.next_power_of_2(d)), _MAX_BLOCK_D)
+    grid = lambda meta: (triton.cdiv(n_a, meta["BLOCK_M"]), n_split, triton.cdiv(d, block_d))  # noqa: E731
+    _launch(K._psd_bwd_kernel, grid,
+            (a, b, ta_, tb_, scale, tscale, *sa, *sb, da, ds, ds if db is None else db,
+             n_a, n_b, d, ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0),
+             n_split, _tune_n(n_b)),
+            A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, LABELS_DIAG=diag,
+            COMPUTE_DS=need_ds, ATOMIC_DB=db is not None, BLOCK_D=block_d,
+            **_common(a, ta if teacher == 2 else None))
+    grad = (da[0] if n_split == 1 else da.sum(dim=0)).to(a.dtype)
+    return grad, (ds.sum(dim=0) if need_ds else None)
+
+
+class _PSDFunction(torch.autograd.Function):
+    """Per-row losses of one direction (M,) or of both directions (2, B) with diagonal labels.
+
+    Reductions happen outside, so the backward always receives per-row upstream gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, scale, alpha_x, alpha_y, labels, tx, ty, tscale, teacher, symmetric):
+        s = scale.detach()
+        ts = s if tscale is None else tscale.detach()
+        one_sweep = symmetric and _column_stats_mode() == "partials"
+        (lse_x, lset_x, e_x, pos), cols = _forward_stats(x, y, tx, ty, s, ts, labels, teacher, one_sweep)
+        loss_x = _row_losses(lse_x, e_x, pos, alpha_x)
+        lse_y = lset_y = None
+        out = loss_x
+        if symmetric:
+            if cols is None:  # the second sweep: text rows against image columns
+                (lse_y, lset_y, e_y, _), _ = _forward_stats(y, x, ty, tx, s, ts, None, teacher, False)
+            else:
+                lse_y, lset_y, e_y = cols
+            # The positive of text j is S_jj, the positive of image j.
+            out = torch.stack((loss_x, _row_losses(lse_y, e_y, pos, alpha_y)))
+        ctx.teacher, ctx.symmetric = teacher, symmetric
+        ctx.save_for_backward(x, y, s, ts, alpha_x, alpha_y, labels, tx, ty, lse_x, lset_x, lse_y, lset_y)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, y, s, ts, alpha_x, alpha_y, labels, tx, ty, lse_x, lset_x, lse_y, lset_y = ctx.saved_tensors
+        need_dx, need_dy, need_ds = ctx.needs_input_grad[:3]
+        teacher, symmetric = ctx.teacher, ctx.symmetric
+        g = grad_out.float().contiguous()
+        if symmetric:
+            # Both directions live on the one matrix S = s x y^T with diagonal positives.
+            x_dir = (lse_x, lset_x, g[0], alpha_x, None)
+            y_dir = (lse_y, lset_y, g[1], alpha_y, None)
+            diag = True
+        else:
+            x_dir = (lse_x, lset_x, g, alpha_x, labels)
+            y_dir = None
+            diag = False
+        dx = dy = ds = None
+        ds_rows = None
+        if need_dy and _backward_mode() == "atomic":
+            db = torch.zeros(y.shape, device=y.device, dtype=torch.float32)
+            dx, ds_rows = _grad_rows(x, y, tx, ty, s, ts, x_dir, y_dir, teacher, diag, need_ds, db=db)
+            dy = db.to(y.dtype)
+        elif need_dx or need_ds:
+            dx, ds_rows = _grad_rows(x, y, tx, ty, s, ts, x_dir, y_dir, teacher, diag, need_ds)
+        if need_dy and dy is None:
+            # Swapped roles: y's rows are the queries of y_dir and the keys of x_dir.
+            dy, _ = _grad_rows(y, x, ty, tx, s, ts, y_dir, x_dir, teacher, diag, False)
+        if need_ds:
+            ds = ds_rows.sum().to(s.dtype)
+        return (dx if need_dx else None, dy, ds) + (None,) * 8
+
+
+def _teacher_mode(teacher_x, teacher_scale) -> int:
+    if teacher_x is not None:
+        return 2
+    return 0 if teacher_scale is None else 1
+
+
+def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "sum":
+        return rows.sum()
+    return rows
+
+
+def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction):
+    """One direction, backend contract of psd_kernels.backends (fp32 loss, input-dtype grads)."""
+    teacher = _teacher_mode(teacher_x, teacher_scale)
+    tx = teacher_x.detach().contiguous() if teacher == 2 else None
+    ty = teacher_y.detach().contiguous() if teacher == 2 else None
+    ts = None if teacher_scale is None else teacher_scale.float()
+    rows = _PSDFunction.apply(x.contiguous(), y.contiguous(), scale, alpha.contiguous(), alpha.contiguous(),
+                              labels.contiguous(), tx, ty, ts, teacher, False)
+    return _reduce(rows, reduction)
+
+
+def psd_clip_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,
+                  reduction):
+    """Symmetric loss on one B x B matrix (diagonal positives), backend contract."""
+    teacher = _teacher_mode(teacher_image, teacher_scale)
+    ti = teacher_image.detach().contiguous() if teacher == 2 else None
+    tt = teacher_text.detach().contiguous() if teacher == 2 else None
+    ts = None if teacher_scale is None else teacher_scale.float()
+    rows = _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
+                              alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
+    if reduction == "none":
+        return rows
+    return 0.5 * (_reduce(rows[0], reduction) + _reduce(rows[1], reduction))

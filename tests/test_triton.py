@@ -1,0 +1,260 @@
+"""The Triton backend against the float64 reference, through the public API.
+
+    .venv/bin/python -m pytest tests/test_triton.py -q
+
+On a machine without a GPU the kernels run under Triton's interpreter, which
+must be switched on (TRITON_INTERPRET=1) before triton is first imported. Other
+test modules in the same pytest process may import triton first, so this file
+runs in two roles:
+
+* launcher (the normal pytest run, TRITON_INTERPRET unset): `test_interpreted_cases`
+  re-runs this very file in a child pytest with TRITON_INTERPRET=1 and asserts it
+  passed (its output is shown on failure); `test_device_check_dry_run` runs the GPU
+  script's --dry-run the same way; the CUDA cases run in-process when a GPU exists.
+* interpreted (TRITON_INTERPRET=1 in the environment, e.g. that child, or by hand:
+  `TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/test_triton.py -q`): the cases
+  below run on CPU tensors with backend="triton".
+
+The interpreter's reduced-precision tl.dot is wrong, so the kernels upcast both dot
+operands to fp32 there: fp16 and bf16 inputs are covered for their loads, casts and
+gradient dtypes, and their tensor-core rounding is covered by the CUDA cases.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import psd_kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+# Max error allowed relative to the largest reference magnitude (at least 0.05: a
+# one-column loss is exactly 0 but computed as lse - S_ii with S ~ 20), by input dtype.
+# fp32: fp32 accumulation of dot products at logit scales up to 100 loses ~1e-6
+# relative; 2e-5 leaves margin. fp16/bf16 on a GPU: the gradient products take G
+# rounded to the input dtype (2^-11 / 2^-8 relative), and so do the gradients.
+TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+# Interpreted runs upcast the dot operands, so only the gradients' final rounding to
+# the input dtype remains (half an ulp: 2^-11 fp16, 2^-8 bf16, relative).
+TOL_INTERPRETED = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _close(name, actual, expected, tol):
+    actual, expected = actual.detach().double(), expected.detach().double()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = max(expected.abs().max().item(), 0.05)
+    err = (actual - expected).abs().max().item()
+    assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:.1e} x {scale:.3e}"
+
+
+def _embed(n, d, dtype, device, generator=None):
+    """Unit-norm rows like CLIP features, in `dtype`."""
+    e = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    return torch.nn.functional.normalize(e, dim=1).to(dtype).to(device)
+
+
+def _run(fn_name, backend, inputs, kwargs, upstream, reduction):
+    """Loss and gradients (x, y, scale) of `upstream` . loss for one backend."""
+    x, y, scale = (t.detach().clone().requires_grad_() for t in inputs)
+    if backend == "reference":  # float64 on the same (rounded) inputs proves the math
+        x64, y64, s64 = x.double(), y.double(), scale.double()
+        kw = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kwargs.items()}
+        loss = getattr(psd_kernels, fn_name)(x64, y64, s64, reduction=reduction, backend="reference", **kw)
+    else:
+        loss = getattr(psd_kernels, fn_name)(x, y, scale, reduction=reduction, backend=backend, **kwargs)
+    (loss * upstream.to(loss.dtype)).sum().backward()
+    return loss, x.grad, y.grad, scale.grad
+
+
+def _teacher_kwargs(mode, m, n, dt, dtype, device, symmetric):
+    names = ("teacher_image", "teacher_text") if symmetric else ("teacher_x", "teacher_y")
+    if mode == "self":
+        return {}
+    if mode == "self_scaled":
+        return {"teacher_scale": 7.5}
+    return {names[0]: _embed(m, dt, dtype, device), names[1]: _embed(n, dt, dtype, device),
+            "teacher_scale": torch.tensor(12.0, device=device)}
+
+
+def check_one_direction(m, n, d, dtype, device, teacher, reduction="none", scale=20.0, tol=None):
+    x, y = _embed(m, d, dtype, device), _embed(n, d, dtype, device)
+    s = torch.tensor(scale, device=device)
+    kwargs = dict(alpha=torch.rand(m, device=device), labels=torch.randint(0, n, (m,), device=device),
+                  **_teacher_kwargs(teacher, m, n, 5 if d != 64 else 48, dtype, device, False))
+    upstream = torch.randn(m, device=device) if reduction == "none" else torch.tensor(1.7, device=device)
+    got = _run("psd_loss", "triton", (x, y, s), kwargs, upstream, reduction)
+    want = _run("psd_loss", "reference", (x, y, s), kwargs, upstream, reduction)
+    _check(got, want, x, dtype, tol)
+
+
+def check_symmetric(b, d, dtype, device, teacher, reduction="none", scale=20.0, tol=None):
+    x, y = _embed(b, d, dtype, device), _embed(b, d, dtype, device)
+    s = torch.tensor(scale, device=device)
+    kwargs = dict(alpha_image=torch.rand(b, device=device), alpha_text=0.35,
+                  **_teacher_kwargs(teacher, b, b, 24, dtype, device, True))
+    upstream = torch.randn(2, b, device=device) if reduction == "none" else torch.tensor(0.6, device=device)
+    got = _run("psd_clip_loss", "triton", (x, y, s), kwargs, upstream, reduction)
+    want = _run("psd_clip_loss", "reference", (x, y, s), kwargs, upstream, reduction)
+    _check(got, want, x, dtype, tol)
+
+
+def _check(got, want, x, dtype, tol):
+    tol = tol if tol is not None else (TOL_INTERPRETED if INTERPRETED else TOL)[dtype]
+    loss, dx, dy, ds = got
+    assert loss.dtype == torch.float32, "the loss comes back in float32"
+    assert dx.dtype == dtype and dy.dtype == dtype, "gradients come back in the input dtype"
+    for name, a, e in zip(("loss", "dx", "dy", "dscale"), got, want):
+        _close(name, a, e, tol)
+
+
+TEACHERS = ("self", "self_scaled", "separate")
+# Rows 1, 7 and 97 and D = 3, 64, 100 (none a tile multiple except 64) against odd column counts.
+# (3, 70): five 16-wide column tiles over four splits leaves the last split empty.
+SHAPES = ((1, 7, 3), (7, 97, 64), (97, 33, 100), (3, 70, 20))
+
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child (see docstring)")
+cuda = pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA GPU")
+
+
+@interpreted
+@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("m,n,d", SHAPES)
+def test_one_direction_fp32(m, n, d, teacher):
+    check_one_direction(m, n, d, torch.float32, "cpu", teacher)
+
+
+@interpreted
+@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("b,d", ((1, 3), (7, 100), (70, 64)))
+def test_symmetric_fp32(b, d, teacher):
+    """B = 70: five 16-row blocks in four row groups (two of two blocks, one of one, one
+    empty), so the column statistics are folded across row blocks and merged across groups."""
+    check_symmetric(b, d, torch.float32, "cpu", teacher)
+
+
+@interpreted
+@pytest.mark.parametrize("teacher", TEACHERS)
+def test_symmetric_column_sweep(teacher, monkeypatch):
+    """The alternative symmetric forward: a second sweep with rows and columns swapped."""
+    monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", "sweep")
+    check_symmetric(37, 20, torch.float32, "cpu", teacher)
+
+
+@interpreted
+@pytest.mark.parametrize("teacher", TEACHERS)
+def test_atomic_backward(teacher, monkeypatch):
+    """The alternative backward: one kernel, the column side's gradient added atomically."""
+    monkeypatch.setenv("PSD_TRITON_BACKWARD", "atomic")
+    check_one_direction(7, 97, 20, torch.float32, "cpu", teacher)
+    check_symmetric(37, 20, torch.float32, "cpu", teacher)
+
+
+@interpreted
+@pytest.mark.parametrize("reduction", ("mean", "sum"))
+def test_reductions(reduction):
+    check_one_direction(9, 21, 17, torch.float32, "cpu", "separate", reduction=reduction)
+    check_symmetric(11, 20, torch.float32, "cpu", "self_scaled", reduction=reduction)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_half_inputs(dtype):
+    check_one_direction(7, 97, 64, dtype, "cpu", "separate")
+    check_symmetric(19, 100, dtype, "cpu", "self")
+
+
+@interpreted
+def test_large_scale_stays_finite():
+    """s = 100 on unit vectors: logits up to 100, the online max keeps exp() in range."""
+    check_symmetric(23, 64, torch.bfloat16, "cpu", "self_scaled", scale=100.0)
+
+
+@interpreted
+def test_teacher_gets_no_gradient_and_alpha_zero_is_clip():
+    b, d = 13, 24
+    x, y = _embed(b, d, torch.float32, "cpu"), _embed(b, d, torch.float32, "cpu")
+    tx = _embed(b, 8, torch.float32, "cpu").requires_grad_()
+    ty = _embed(b, 8, torch.float32, "cpu").requires_grad_()
+    loss = psd_kernels.psd_clip_loss(x, y, 10.0, teacher_image=tx, teacher_text=ty, alpha_image=0.5,
+                                     backend="triton")
+    assert not loss.requires_grad and tx.grad is None
+    # alpha = 0: open_clip's ClipLoss, two cross-entropies over the logit matrix.
+    logits = 10.0 * x.double() @ y.double().T
+    labels = torch.arange(b)
+    clip = 0.5 * (torch.nn.functional.cross_entropy(logits, labels)
+                  + torch.nn.functional.cross_entropy(logits.T, labels))
+    _close("clip loss", psd_kernels.psd_clip_loss(x, y, 10.0, backend="triton"), clip, 1e-5)
+
+
+def test_supports_names_the_reason():
+    triton_psd = pytest.importorskip("psd_kernels.triton_psd")
+    assert "float64" in triton_psd.supports(torch.device("cuda"), torch.float64)
+    if not INTERPRETED:
+        assert "TRITON_INTERPRET" in triton_psd.supports(torch.device("cpu"), torch.float32)
+    if INTERPRETED:
+        assert triton_psd.supports(torch.device("cpu"), torch.float32) is None
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the interpreter gets a single config")
+def test_config_lists_and_pruning():
+    """The GPU config lists: keep() filters them; pruning never leaves a shape without a config
+    and keeps the backward's fp32 gradient rows within the register budget when it can."""
+    kernels = pytest.importorskip("psd_kernels.triton_kernels")
+    assert 1 < len(kernels.FWD_CONFIGS) < 16 and 1 < len(kernels.BWD_CONFIGS) < 16
+    assert all(kernels.keep_fwd(c) for c in kernels.FWD_CONFIGS)
+    assert all(kernels.keep_bwd(c) for c in kernels.BWD_CONFIGS)
+    for dtype in (torch.bfloat16, torch.float32):
+        a = torch.empty(1, 1, dtype=dtype)
+        fwd = kernels._prune_fwd(kernels.FWD_CONFIGS, {"a_ptr": a})
+        assert fwd and (dtype != torch.float32 or all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 8192 for c in fwd))
+        for block_d in (16, 128, 512, 1024, 4096):
+            for atomic in (False, True):
+                kept = kernels._prune_bwd(kernels.BWD_CONFIGS, {"a_ptr": a}, BLOCK_D=block_d, ATOMIC_DB=atomic)
+                assert kept, (dtype, block_d, atomic)
+                if block_d <= 512 and dtype == torch.bfloat16:
+                    assert len(kept) > 1 and all(
+                        c.kwargs["BLOCK_M"] * block_d // (32 * c.num_warps) <= kernels._ACC_REGS_PER_THREAD
+                        for c in kept)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("teacher", TEACHERS)
+def test_cuda(dtype, teacher, monkeypatch):
+    """Compiled kernels with tensor-core rounding; the first config that fits (no tuning runs)."""
+    monkeypatch.setenv("PSD_TRITON_AUTOTUNE", "0")
+    for m, n, d in SHAPES + ((1025, 777, 768),):
+        check_one_direction(m, n, d, dtype, "cuda", teacher)
+    for b, d in ((7, 100), (1025, 512)):
+        check_symmetric(b, d, dtype, "cuda", teacher)
+
+
+def _child(args, timeout):
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this is the launcher of the interpreted run")
+def test_interpreted_cases():
+    pytest.importorskip("triton")
+    proc = _child(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the dry run launches its own interpreted child")
+def test_device_check_dry_run(tmp_path):
+    """The GPU script's logic at tiny sizes on CPU: every stage runs, the table is written."""
+    pytest.importorskip("triton")
+    proc = _child(["benchmarks/device_check.py", "--dry-run", "--out", str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    table = (tmp_path / "device_check.md").read_text()
+    assert "| triton |" in table and "FAIL" not in table, table
