@@ -1,14 +1,146 @@
-"""Installs psd_kernels and psd_train.
+"""Installs psd_kernels and psd_train, and builds the extension psd_kernels._C.
 
     pip install --no-build-isolation -e .
+
+The CPU part of psd_kernels._C is always built. The CUDA part is added when a
+CUDA toolkit is found and torch was built with CUDA. Environment flags:
+
+    PSD_SKIP_CUDA_BUILD=1   build the CPU part only
+    PSD_CUDA_ARCHS="9.0"    CUDA architectures (default: TORCH_CUDA_ARCH_LIST, else 9.0)
+    MAX_JOBS=2              parallel compile jobs (read by torch's ninja build)
+    CUDA_HOME=/path         the toolkit (default: found from nvcc on PATH, else /usr/local/cuda*)
+
+What was built, and why a part is missing: python -m psd_kernels.info
 """
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
 from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def log(msg):
+    print(f"[psd setup] {msg}", file=sys.stderr)
+
+
+def _is_cuda_home(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and \
+        os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+
+
+def _nvcc_targets(nvcc):
+    """The real nvcc behind `nvcc`: itself, its symlink target, or the path a wrapper script execs."""
+    real = os.path.realpath(nvcc)
+    yield real
+    try:
+        with open(real, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return
+    if head.startswith(b"#!"):
+        for match in re.finditer(rb"(/[^\s\"']*/bin/nvcc)\b", head):
+            yield os.path.realpath(match.group(1).decode())
+
+
+def find_cuda_home():
+    """(path, None) for a usable CUDA toolkit, else (None, the reason)."""
+    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if env:
+        return (env, None) if _is_cuda_home(env) else (None, f"CUDA_HOME={env} has no bin/nvcc or include/cuda_runtime.h")
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        for target in _nvcc_targets(nvcc):
+            home = os.path.dirname(os.path.dirname(target))
+            if _is_cuda_home(home):
+                return home, None
+    for home in sorted(glob.glob("/usr/local/cuda*"), reverse=True):
+        if _is_cuda_home(home):
+            return home, None
+    return None, "no CUDA toolkit: nvcc is not on PATH, CUDA_HOME is unset and /usr/local/cuda* has none"
+
+
+def cpu_flags():
+    flags = ["-O3"]  # the C++ standard is torch's choice (C++20 for torch >= 2.12)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = handle.read()
+    except OSError:
+        cpu = ""
+    # Vector width for the epilogues: AVX2 + FMA when the build machine has them.
+    if re.search(r"\bavx2\b", cpu) and re.search(r"\bfma\b", cpu):
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def extension_and_record():
+    """The extension to build and a record of what it contains (for psd_kernels.info)."""
+    record = {"cuda": False, "cuda_reason": None, "cuda_archs": None, "cuda_home": None}
+    cuda_home, reason = None, None
+    if os.environ.get("PSD_SKIP_CUDA_BUILD") == "1":
+        reason = "PSD_SKIP_CUDA_BUILD=1 was set at build time"
+    else:
+        cuda_home, reason = find_cuda_home()
+    if cuda_home:
+        # torch.utils.cpp_extension reads CUDA_HOME once, when it is imported
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils import cpp_extension
+
+    if cuda_home and torch.version.cuda is None:
+        cuda_home, reason = None, f"torch {torch.__version__} was built without CUDA"
+    record["torch"] = torch.__version__
+    cxx = cpu_flags()
+    record["cxx_flags"] = " ".join(cxx)
+    sources = ["csrc/psd_loss.cpp", "csrc/psd_epilogue_cpu.cpp"]
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    nvcc_flags = ["-O3"]
+    if cuda_home:
+        archs = os.environ.get("PSD_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        record.update(cuda=True, cuda_archs=archs, cuda_home=cuda_home, torch_cuda=torch.version.cuda)
+        sources.append("csrc/psd_epilogue_cuda.cu")
+        define_macros.append(("PSD_WITH_CUDA", None))
+        # the torch wheel ships the CUDA library headers (cuBLAS, ...) under nvidia/cu*/include
+        site = sysconfig.get_paths()["purelib"]
+        include_dirs += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+    else:
+        record["cuda_reason"] = reason
+    hex_record = "x" + json.dumps(record, sort_keys=True).encode().hex()
+    define_macros.append(("PSD_BUILD_RECORD_HEX", hex_record))
+    kind = cpp_extension.CUDAExtension if cuda_home else cpp_extension.CppExtension
+    ext = kind(
+        name="psd_kernels._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags},
+    )
+    if cuda_home:
+        log(f"building psd_kernels._C: CPU + CUDA (CUDA_HOME={cuda_home}, archs {record['cuda_archs']})")
+    else:
+        log(f"building psd_kernels._C: CPU only ({reason})")
+    log(f"C++ flags: {record['cxx_flags']}")
+    return ext, cpp_extension.BuildExtension.with_options(use_ninja=True), record
+
+
+ext, build_ext, _record = extension_and_record()
 
 setup(
     name="psd",
     version="0.1.0",
     description="Fused progressive self-distillation (PSD) contrastive loss for CLIP training",
     packages=find_packages(include=["psd_kernels", "psd_kernels.*", "psd_train", "psd_train.*"]),
+    package_data={"psd_train": ["model_configs/*.json"]},
     python_requires=">=3.10",
     install_requires=["torch", "numpy"],
+    ext_modules=[ext],
+    cmdclass={"build_ext": build_ext},
 )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import torch
 
@@ -43,6 +44,8 @@ _MODULES = {
 }
 
 
+
+
 class BackendUnavailable(RuntimeError):
     """The requested backend is not built or cannot run on these inputs."""
 
@@ -51,10 +54,15 @@ def load_backend(name: str):
     """Import backend `name`, or raise BackendUnavailable saying why it is missing."""
     if name not in _MODULES:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
-    try:
-        return importlib.import_module(_MODULES[name])
-    except ImportError as exc:
-        raise BackendUnavailable(f"backend {name!r} is not available: {exc}") from exc
+    # A module already imported is taken from sys.modules, not through importlib, which
+    # keeps a call to the loss traceable by torch.compile(fullgraph=True).
+    module = sys.modules.get(_MODULES[name])
+    if module is None:
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ImportError as exc:
+            raise BackendUnavailable(f"backend {name!r} is not available: {exc}") from exc
+    return module
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -99,3 +107,16 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
             continue
         status[name] = module.supports(device, dtype)
     return status
+
+
+def _preload_cheap_backends() -> None:
+    """Import the reference and, when built, the C++ op now (both cheap: no device queries),
+    so that torch.compile finds them loaded; Triton is imported on first use only."""
+    for name in ("reference", "cpp"):
+        try:
+            load_backend(name)
+        except BackendUnavailable:
+            pass
+
+
+_preload_cheap_backends()
