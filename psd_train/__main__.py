@@ -1,0 +1,4 @@
+"""python -m psd_train --help"""
+from psd_train.main import main
+
+main()

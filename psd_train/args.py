@@ -1,0 +1,114 @@
+"""PSD flags, layered on open_clip_train's own parser.
+
+    python -m psd_train --help
+
+`split_args(argv)` parses the --psd-* flags and returns them with the untouched rest
+of argv, which open_clip_train.params.parse_args then parses as usual. Every
+open_clip_train flag therefore keeps its meaning and its default.
+"""
+from __future__ import annotations
+
+import argparse
+
+from psd_kernels.backends import BACKENDS
+from psd_kernels.loss import TEACHER_MODES
+from psd_kernels.schedule import SCHEDULES
+
+# Where the teacher's embeddings come from (how they are used is --psd-teacher-mode).
+TEACHERS = ("self", "ema", "prev_epoch", "distill")
+
+
+def psd_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m psd_train", add_help=False,
+        description="open_clip_train with the PSD loss. Flags below are PSD's; every other "
+                    "flag is open_clip_train's (listed after these).")
+    group = parser.add_argument_group("PSD (progressive self-distillation)")
+    group.add_argument("--psd-alpha-max", type=float, default=0.0,
+                       help="largest soft-target weight alpha (0 = plain CLIP loss)")
+    group.add_argument("--psd-schedule", choices=SCHEDULES, default="linear",
+                       help="how alpha ramps from 0 to alpha_max")
+    group.add_argument("--psd-ramp-steps", type=int, default=None,
+                       help="optimizer steps to reach alpha_max")
+    group.add_argument("--psd-ramp-epochs", type=float, default=None,
+                       help="the ramp in epochs instead of steps (default: all of --epochs)")
+    group.add_argument("--psd-soft-fraction", type=float, default=1.0,
+                       help="fraction of rows per direction that get the soft target")
+    group.add_argument("--psd-teacher", choices=TEACHERS, default=None,
+                       help="teacher embeddings: self (the student, detached), ema (a momentum "
+                            "copy of the student), prev_epoch (a snapshot taken at each epoch "
+                            "start), distill (open_clip's --distill-model, frozen). Default: "
+                            "distill when --distill-model is given, else self")
+    group.add_argument("--psd-teacher-mode", choices=TEACHER_MODES, default="cross",
+                       help="cross: the teacher's image-text matrix seen from both sides; "
+                            "within_modality: caption-caption targets for image rows and "
+                            "image-image targets for caption rows (SoftCLIP)")
+    group.add_argument("--psd-teacher-scale", type=float, default=None,
+                       help="fixed teacher scale s~ (exp of a logit scale, e.g. 50 for a softer "
+                            "teacher than a student at 100); default: the teacher's own scale")
+    group.add_argument("--psd-ema-momentum", type=float, default=0.99,
+                       help="EMA teacher: t <- m t + (1 - m) student after every optimizer step")
+    group.add_argument("--psd-backend", choices=("auto",) + BACKENDS, default="auto",
+                       help="loss implementation (auto: the fastest built one)")
+    group.add_argument("--psd-eval-data", default=None,
+                       help="a demo data root (psd_train.demo_data): run psd_train.evaluate on it")
+    group.add_argument("--psd-eval-every", type=int, default=0,
+                       help="evaluate every N epochs (0: only after the last epoch)")
+    group.add_argument("--psd-threads", type=int, default=None,
+                       help="torch CPU threads (torch.set_num_threads); on a shared machine 1 thread "
+                            "per process avoids OpenMP oversubscription, which can cost several times")
+    group.add_argument("--psd-progress", action="store_true",
+                       help="show a progress bar over the training steps")
+    group.add_argument("--psd-quiet", action="store_true",
+                       help="console shows warnings only (the log file keeps everything)")
+    return parser
+
+
+def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(PSD flags, the remaining argv for open_clip_train). Checks the PSD flags."""
+    psd, rest = psd_parser().parse_known_args(argv)
+    _check(psd)
+    return psd, rest
+
+
+def _check(psd: argparse.Namespace) -> None:
+    def fail(message):
+        raise SystemExit(f"psd_train: {message}")
+
+    if not 0.0 <= psd.psd_alpha_max <= 1.0:
+        fail(f"--psd-alpha-max must lie in [0, 1], got {psd.psd_alpha_max}")
+    if not 0.0 <= psd.psd_soft_fraction <= 1.0:
+        fail(f"--psd-soft-fraction must lie in [0, 1], got {psd.psd_soft_fraction}")
+    if psd.psd_ramp_steps is not None and psd.psd_ramp_epochs is not None:
+        fail("give --psd-ramp-steps or --psd-ramp-epochs, not both")
+    if psd.psd_ramp_steps is not None and psd.psd_ramp_steps < 0:
+        fail(f"--psd-ramp-steps must be >= 0, got {psd.psd_ramp_steps}")
+    if psd.psd_ramp_epochs is not None and psd.psd_ramp_epochs < 0:
+        fail(f"--psd-ramp-epochs must be >= 0, got {psd.psd_ramp_epochs}")
+    if psd.psd_teacher_scale is not None and not psd.psd_teacher_scale > 0:
+        fail(f"--psd-teacher-scale must be positive, got {psd.psd_teacher_scale}")
+    if not 0.0 <= psd.psd_ema_momentum < 1.0:
+        fail(f"--psd-ema-momentum must lie in [0, 1), got {psd.psd_ema_momentum}")
+    if psd.psd_threads is not None and psd.psd_threads < 1:
+        fail(f"--psd-threads must be >= 1, got {psd.psd_threads}")
+    if psd.psd_eval_every < 0:
+        fail(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
+
+
+def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
+    """Checks that need open_clip_train's parsed args too; resolves the default teacher."""
+    distill = args.distill_model is not None
+    if psd.psd_teacher is None:
+        psd.psd_teacher = "distill" if distill else "self"
+    if psd.psd_teacher == "distill" and not (distill and args.distill_pretrained is not None):
+        raise SystemExit("psd_train: --psd-teacher distill needs --distill-model and --distill-pretrained")
+    if psd.psd_teacher != "distill" and distill:
+        raise SystemExit(f"psd_train: --distill-model is given but --psd-teacher is {psd.psd_teacher!r}; "
+                         "drop one of them")
+    if args.siglip or "coca" in args.model.lower():
+        raise SystemExit("psd_train: PSDLoss replaces the CLIP loss; SigLIP and CoCa models are not supported")
+    if args.accum_freq != 1 and psd.psd_alpha_max > 0:
+        raise SystemExit("psd_train: --accum-freq > 1 is not supported with PSD (the schedule counts "
+                         "one loss call per optimizer step)")
+    if args.train_data is None and args.dataset_type != "synthetic":
+        raise SystemExit("psd_train: --train-data is required")

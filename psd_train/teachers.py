@@ -1,0 +1,102 @@
+"""Teacher models for PSD: where the soft targets' embeddings come from.
+
+    python -m psd_train --psd-alpha-max 0.5 --psd-teacher ema --psd-ema-momentum 0.99 ...
+
+A teacher only produces embeddings; PSDLoss turns them into targets. Teachers reach
+the loss through open_clip_train's distillation path: train_one_epoch calls
+`dist_model(images, texts)` under no_grad and hands its outputs to the loss as
+dist_image_features / dist_text_features / dist_logit_scale.
+
+    self        no model: PSDLoss uses the student's own embeddings, detached
+                (with --psd-teacher-scale, at a fixed scale s~ instead of the student's)
+    ema         a copy updated after every optimizer step: t <- m t + (1 - m) s
+    prev_epoch  a copy refreshed at the start of every epoch e >= 1 (the student as it
+                ended epoch e - 1); epoch 0 has no previous epoch and uses self
+    distill     open_clip_train's frozen --distill-model
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class TeacherView(nn.Module):
+    """Calls a CLIP model and returns only what PSDLoss reads from a teacher.
+
+    Drops logit_bias (PSDLoss has no use for it) and, when the teacher scale is fixed by
+    --psd-teacher-scale, the teacher's own logit_scale, so PSDLoss falls back to the fixed one.
+    """
+
+    def __init__(self, model: nn.Module, keep_scale: bool):
+        super().__init__()
+        self.model = model
+        self.keep_scale = keep_scale
+
+    def forward(self, images, texts):
+        out = self.model(images, texts)
+        kept = {"image_features": out["image_features"], "text_features": out["text_features"]}
+        if self.keep_scale:
+            kept["logit_scale"] = out["logit_scale"]
+        return kept
+
+
+class Teacher:
+    """Owns the teacher model (if any) and updates it at the right moments."""
+
+    def __init__(self, kind: str, ema_momentum: float = 0.99, fixed_scale: bool = False):
+        if kind not in ("self", "ema", "prev_epoch", "distill"):
+            raise ValueError(f"teacher kind must be self, ema, prev_epoch or distill, got {kind!r}")
+        self.kind = kind
+        self.momentum = ema_momentum
+        self.keep_scale = not fixed_scale
+        self.model: nn.Module | None = None
+
+    def _copy_of(self, student: nn.Module) -> nn.Module:
+        model = copy.deepcopy(student)
+        model.requires_grad_(False)
+        return model.eval()
+
+    def for_epoch(self, student: nn.Module, epoch: int, dist_model: nn.Module | None) -> nn.Module | None:
+        """The model train_one_epoch should call as dist_model in `epoch`, or None (self)."""
+        if self.kind == "self":
+            return None
+        if self.kind == "distill":
+            return TeacherView(dist_model, self.keep_scale)
+        if self.kind == "prev_epoch":
+            if epoch == 0:
+                return None
+            if self.model is None:
+                self.model = self._copy_of(student)
+            else:
+                self.model.load_state_dict(student.state_dict())
+            return TeacherView(self.model, self.keep_scale)
+        if self.model is None:  # ema: starts as the student when training starts
+            self.model = self._copy_of(student)
+        return TeacherView(self.model, self.keep_scale)
+
+    @torch.no_grad()
+    def after_step(self, student: nn.Module) -> None:
+        """EMA: t <- m t + (1 - m) s for every floating tensor; other buffers are copied."""
+        if self.kind != "ema" or self.model is None:
+            return
+        student_state = student.state_dict()
+        for name, t in self.model.state_dict().items():
+            s = student_state[name]
+            if t.is_floating_point():
+                t.lerp_(s.to(t.dtype), 1.0 - self.momentum)
+            else:
+                t.copy_(s)
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the EMA weights (other teachers are rebuilt from the student)."""
+        weights = self.model.state_dict() if (self.kind == "ema" and self.model is not None) else None
+        return {"kind": self.kind, "momentum": self.momentum, "weights": weights}
+
+    def load_state_dict(self, state: dict, student: nn.Module) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"the checkpoint's teacher is {state.get('kind')!r}, this run's is {self.kind!r}")
+        if state.get("weights") is not None:
+            self.model = self._copy_of(student)
+            self.model.load_state_dict(state["weights"])

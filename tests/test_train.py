@@ -1,0 +1,239 @@
+"""psd_train end to end on CPU: main(argv), every teacher, resume equivalence, clear errors.
+
+    .venv/bin/python -m pytest tests/test_train.py -q
+
+Runs open_clip_train for real on a 64-image slice of the demo data with psd-tiny
+(4 steps of 16 per epoch).
+"""
+import csv
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from psd_train.checkpoint import atomic_save, load_checkpoint
+from psd_train.demo_data import build_demo_data
+from psd_train.demo_model import TRAIN_FLAGS
+from psd_train.main import DataFileError, main
+from psd_train.report import summarize
+from psd_train.teachers import Teacher
+
+BATCH = 16
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("psd_demo")
+    return build_demo_data(root, noise=0.3, seed=0, n_train=64, n_val=16, n_test=40, progress=False)
+
+
+def argv(data, logs, name, *extra, epochs=2):
+    return [*TRAIN_FLAGS, "--train-data", data["train_csv"], "--dataset-type", "csv",
+            "--csv-separator", "\t", "--csv-img-key", "filepath", "--csv-caption-key", "title",
+            "--batch-size", str(BATCH), "--epochs", str(epochs), "--workers", "0", "--lr", "1e-3",
+            "--warmup", "2", "--seed", "3", "--logs", str(logs), "--name", name, "--psd-quiet", "--psd-threads", "1", *extra]
+
+
+def read_steps(result):
+    with open(os.path.join(result["log_dir"], "psd_steps.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_main_end_to_end_with_evaluation(data, tmp_path):
+    result = main(argv(data, tmp_path, "e2e", "--psd-alpha-max", "0.5", "--psd-eval-data", data["root"], epochs=1))
+    metrics = result["metrics"]
+    for key in ("zeroshot_top1", "i2t_r1", "t2i_r10", "linear_probe_top1", "shift_mean_top1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    steps = read_steps(result)
+    assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]
+    # linear ramp over the whole run (4 steps): alpha = 0.5 * t / 4 at steps t = 0..3
+    assert [float(r["alpha"]) for r in steps] == pytest.approx([0.0, 0.125, 0.25, 0.375])
+    checkpoint = load_checkpoint(result["checkpoint"])
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["psd"]["loss"]["_extra_state"]["step"] == 4
+    with open(os.path.join(result["log_dir"], "psd_metrics.csv")) as f:
+        assert int(next(csv.DictReader(f))["epoch"]) == 1
+
+
+TEACHERS = {
+    "self": [],
+    "self_temperature": ["--psd-teacher-scale", "5"],
+    "ema": ["--psd-teacher", "ema", "--psd-ema-momentum", "0.5"],
+    "prev_epoch": ["--psd-teacher", "prev_epoch"],
+    "within_modality": ["--psd-teacher-mode", "within_modality"],
+}
+
+
+@pytest.fixture(scope="module")
+def clip_and_self(data, tmp_path_factory):
+    """Loss curves of plain CLIP and of the self teacher, to compare the other teachers with."""
+    logs = tmp_path_factory.mktemp("logs")
+    clip = read_steps(main(argv(data, logs, "clip", "--psd-alpha-max", "0")))
+    self_ = read_steps(main(argv(data, logs, "self", "--psd-alpha-max", "0.5", "--psd-schedule", "constant")))
+    return clip, self_
+
+
+@pytest.mark.parametrize("teacher", [t for t in TEACHERS if t != "self"])
+def test_each_teacher_runs_and_changes_training(teacher, data, tmp_path, clip_and_self):
+    clip, self_ = clip_and_self
+    extra = ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", *TEACHERS[teacher]]
+    steps = read_steps(main(argv(data, tmp_path, teacher, *extra)))
+    losses = [float(r["loss"]) for r in steps]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    self_losses = [float(r["loss"]) for r in self_]
+    if teacher == "prev_epoch":
+        # epoch 0 has no previous epoch: the teacher is the student itself, as for "self"
+        assert losses[:4] == pytest.approx(self_losses[:4], rel=1e-5)
+        assert losses[4:] != pytest.approx(self_losses[4:], rel=1e-4)
+    else:
+        assert losses[1:] != pytest.approx(self_losses[1:], rel=1e-4)
+
+
+def test_self_teacher_at_alpha_zero_is_clip(clip_and_self):
+    clip, _ = clip_and_self
+    assert all(float(r["alpha"]) == 0.0 for r in clip)
+
+
+def test_distill_teacher(data, tmp_path, clip_and_self):
+    teacher_checkpoint = str(tmp_path / "teacher.pt")
+    first = main(argv(data, tmp_path, "teacher", epochs=1))
+    torch.save({"state_dict": load_checkpoint(first["checkpoint"])["state_dict"]}, teacher_checkpoint)
+    result = main(argv(data, tmp_path, "student", "--psd-alpha-max", "0.5", "--psd-schedule", "constant",
+                       "--distill-model", "psd-tiny", "--distill-pretrained", teacher_checkpoint))
+    losses = [float(r["loss"]) for r in read_steps(result)]
+    assert losses != pytest.approx([float(r["loss"]) for r in clip_and_self[1]], rel=1e-4)
+
+
+def test_ema_update_and_prev_epoch_snapshot():
+    student = torch.nn.Linear(3, 2)
+    ema = Teacher("ema", ema_momentum=0.9)
+    ema.for_epoch(student, 0, None)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    ema.after_step(student)
+    assert torch.allclose(ema.model.weight, 0.9 * before + 0.1 * student.weight)
+
+    prev = Teacher("prev_epoch")
+    assert prev.for_epoch(student, 0, None) is None
+    prev.for_epoch(student, 1, None)
+    snapshot = student.weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    prev.after_step(student)
+    assert torch.equal(prev.model.weight, snapshot)
+
+
+def test_resume_matches_uninterrupted_run(data, tmp_path, monkeypatch):
+    extra = ["--psd-alpha-max", "0.5", "--psd-teacher", "ema", "--psd-ema-momentum", "0.8",
+             "--psd-soft-fraction", "0.5"]
+    full = main(argv(data, tmp_path, "full", *extra, epochs=3))
+
+    import open_clip_train.main as oc_main
+    original = oc_main.train_one_epoch
+
+    def crash_in_epoch_2(model, data_, loss, epoch, *rest, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return original(model, data_, loss, epoch, *rest, **kw)
+
+    monkeypatch.setattr(oc_main, "train_one_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv(data, tmp_path, "resumed", *extra, epochs=3))
+    monkeypatch.setattr(oc_main, "train_one_epoch", original)
+    resumed = main(argv(data, tmp_path, "resumed", *extra, "--resume", "latest", epochs=3))
+
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["psd"]["loss"]["_extra_state"] == b["psd"]["loss"]["_extra_state"]
+    for name, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for name, value in a["psd"]["teacher"]["weights"].items():
+        torch.testing.assert_close(b["psd"]["teacher"]["weights"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    steps_a, steps_b = read_steps(full), read_steps(resumed)
+    assert [r["step"] for r in steps_b] == [r["step"] for r in steps_a]
+    assert [float(r["loss"]) for r in steps_b] == pytest.approx([float(r["loss"]) for r in steps_a], rel=1e-5)
+
+
+def test_atomic_save_keeps_previous_checkpoint_on_crash(tmp_path, monkeypatch):
+    path = str(tmp_path / "psd_latest.pt")
+    atomic_save({"epoch": 1}, path)
+
+    def torn_save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["psd_latest.pt"]
+
+
+def test_corrupt_checkpoint_is_reported(data, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RuntimeError, match="corrupt or truncated"):
+        main(argv(data, tmp_path, "bad", "--resume", str(bad)))
+
+
+def _copy_csv(data, tmp_path, edit):
+    frame = pd.read_csv(data["train_csv"], sep="\t")
+    frame = edit(frame)
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("missing_file", "file not found"),
+    ("missing_image", "row 3: image .* not found"),
+    ("corrupt_image", "row 0: image .* is corrupt"),
+    ("missing_column", "no column 'title'"),
+])
+def test_bad_data_files_are_reported(problem, match, data, tmp_path):
+    if problem == "missing_file":
+        train = str(tmp_path / "nope.csv")
+    elif problem == "missing_image":
+        train = _copy_csv(data, tmp_path, lambda f: f.assign(filepath=f.filepath.where(f.index != 3, "/nope.png")))
+    elif problem == "corrupt_image":
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        train = _copy_csv(data, tmp_path, lambda f: f.assign(filepath=f.filepath.where(f.index != 0, str(broken))))
+    else:
+        train = _copy_csv(data, tmp_path, lambda f: f.drop(columns=["title"]))
+    args = argv(data, tmp_path, "bad")
+    args[args.index("--train-data") + 1] = train
+    with pytest.raises(DataFileError, match=match):
+        main(args)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--psd-alpha-max", "1.5"], "alpha-max"),
+    (["--psd-teacher", "distill"], "distill-model"),
+    (["--psd-ramp-steps", "3", "--psd-ramp-epochs", "1"], "not both"),
+])
+def test_bad_flags_are_reported(flags, match, data, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=match):
+        main(argv(data, tmp_path, "flags", *flags))
+
+
+def test_summarize_pairs_methods_by_seed(tmp_path):
+    rows = [("clip", 0.5, 0, 0.50), ("clip", 0.5, 1, 0.70), ("psd", 0.5, 0, 0.55), ("psd", 0.5, 1, 0.72),
+            ("psd", 0.5, 2, 0.99)]  # seed 2 has no CLIP run: it must not enter the paired difference
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows, columns=["method", "noise", "seed", "zeroshot_top1"]).to_csv(path, index=False)
+    table = summarize(str(path), metrics=("zeroshot_top1",))
+    assert "| clip | 2 | 60.0 ± 14.1 |" in table
+    assert "| psd | +3.5 ± 2.1 (2/2) |" in table
+
+
+def test_demo_quick(tmp_path):
+    from psd_train.demo import main as demo_main
+
+    out = demo_main(["--out", str(tmp_path), "--n-train", "64", "--n-test", "40", "--epochs", "1",
+                     "--batch-size", "16", "--eval-every", "1", "--threads", "1"])
+    assert set(out["metrics"]) == {"CLIP", "PSD (within_modality)"}
+    assert os.path.getsize(out["plot"]) > 10_000
