@@ -3,10 +3,10 @@
 // Each function makes one or two passes over an R x N block that stays in cache
 // (the driver sizes R so a block is about 4 MB), computes exp() in 8-lane (fp32) or
 // 4-lane (fp64) vectors written with GCC vector extensions, and runs rows (or
-// column chunks) in parallel with at::parallel_for. No heap allocation per block.
+// column chunks) in parallel with run_tasks (psd_parallel.h): each task owns its
+// rows (or columns), so results do not depend on the thread that ran it.
 #include "psd_epilogue.h"
-
-#include <ATen/Parallel.h>
+#include "psd_parallel.h"
 
 #include <cmath>
 #include <cstring>
@@ -15,6 +15,15 @@
 namespace psd {
 namespace cpu {
 namespace {
+
+// f(i0, i1) over [0, n) in pieces of `grain`, on all threads.
+template <typename F>
+void parallel_ranges(int64_t n, int64_t grain, const F& f) {
+  run_tasks((n + grain - 1) / grain, [&](int64_t k) { f(k * grain, std::min(n, (k + 1) * grain)); });
+}
+
+// Rows per task: about 64K elements.
+inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(N, 1)); }
 
 template <typename T>
 struct Lanes;
@@ -135,8 +144,7 @@ void row_stats_impl(const at::Tensor& d, const at::Tensor& t, T s, T ts, at::Ten
   T *mp = m.data_ptr<T>(), *lp = l.data_ptr<T>(), *pdp = pd.data_ptr<T>();
   T *tmp = tp ? tm.data_ptr<T>() : nullptr, *tlp = tp ? tl.data_ptr<T>() : nullptr;
   T* tdp = tp ? td.data_ptr<T>() : nullptr;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
-  at::parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
+  parallel_ranges(R, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* di = dp + i * N;
       mp[i] = s * row_max(di, N);  // s > 0, so max_j S_ij = s * max_j d_ij
@@ -222,7 +230,7 @@ void col_stats_impl(const at::Tensor& d, const at::Tensor& t, T s, T ts, at::Ten
   const T* dp = d.data_ptr<T>();
   const T* tp = t.defined() ? t.data_ptr<T>() : nullptr;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_ranges(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t j0 = c * kChunk, w = std::min(kChunk, N - j0);
       col_chunk<T>(dp, dp, R, N, j0, w, s, cm.data_ptr<T>(), cl.data_ptr<T>(), cpd.data_ptr<T>());
@@ -248,8 +256,7 @@ void form_grad_impl(at::Tensor& d, const at::Tensor& t, T s, T ts, const at::Ten
   const T* cpp = col ? cp.data_ptr<T>() : nullptr;
   const T* ctlsep = col && tp ? ctlse.data_ptr<T>() : nullptr;
   const T* crp = col && tp ? cr.data_ptr<T>() : nullptr;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
-  at::parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
+  parallel_ranges(R, row_grain(N), [&](int64_t r0, int64_t r1) {
     const Vec<T> vs = Lanes<T>::splat(s), vts = Lanes<T>::splat(ts);
     for (int64_t i = r0; i < r1; ++i) {
       T* gi = dp + i * N;

@@ -9,10 +9,12 @@
 // Algorithm (the same on CPU and CUDA; only the epilogues differ by device):
 // rows are processed in blocks of R whose full score rows fit in a buffer of
 // R x N (about 4 MB on CPU so it stays in cache, 256 MB on CUDA). For each block
-// the dot products come from one GEMM (at::mm: MKL/oneDNN on CPU, cuBLAS on
-// CUDA), the teacher's from a second one when it has its own embeddings, and
-// the epilogues (psd_epilogue.h) turn them into statistics and the gradient
-// tile G, which two more GEMMs multiply into dx and dy.
+// the dot products come from one GEMM (at::mm: MKL on CPU, cuBLAS on CUDA), the
+// teacher's from a second one when it has its own embeddings, and the epilogues
+// (psd_epilogue.h) turn them into statistics and the gradient tile G, which two
+// more GEMMs multiply into dx and dy. On CPU each of these GEMMs is cut into
+// independent single-threaded tiles that the threads take dynamically
+// (psd_parallel.h: run_tasks).
 //   one direction:        one sweep: statistics, G, dx, dy of each block at once;
 //                         GEMMs: 2 (self teacher) or 4 (separate teacher) M N D-sized.
 //   symmetric (columns):  the column softmax needs every row first, so sweep 1
@@ -21,17 +23,24 @@
 //                         for both directions: 3 or 6 GEMMs in all.
 // Extra memory: O(M + N) statistics, the R x N block buffers, fp32 copies of
 // fp16/bf16 inputs and fp32 gradient accumulators (O((M + N) D)); never M x N.
-// Blocks run one after another, each GEMM and epilogue using all threads, so dy
-// is accumulated in a fixed order: repeated calls give identical results.
+// Blocks run one after another, each GEMM and epilogue using all threads; every
+// output element of a GEMM tile comes from one BLAS call of a fixed shape and dy
+// is accumulated block by block in a fixed order: repeated calls give identical
+// results, whichever thread runs which tile.
+// PSD_PROFILE=1 prints the time of each phase of a CPU call (GEMMs, epilogues).
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 
 #include "psd_epilogue.h"
+#include "psd_parallel.h"
 
 namespace psd {
 
@@ -62,19 +71,59 @@ void form_grad(at::Tensor& d, const at::Tensor& t, double s, double ts, const at
 
 namespace {
 
+// PSD_PROFILE=1 in the environment: each CPU call prints its wall time per phase to
+// stderr (ms). tick(phase) charges the time since the previous tick to `phase`.
+enum Phase { kDots, kRowStats, kColStats, kGradEpilogue, kGradGemms, kOther, kPhases };
+
+struct Profile {
+  static bool enabled() {
+    static const bool on = std::getenv("PSD_PROFILE") != nullptr;
+    return on;
+  }
+  double ms[kPhases] = {0};
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void tick(Phase p) {
+    const auto now = std::chrono::steady_clock::now();
+    ms[p] += std::chrono::duration<double, std::milli>(now - last).count();
+    last = now;
+  }
+  void print() const {
+    std::fprintf(stderr, "psd profile ms: dots %.1f row_stats %.1f col_stats %.1f grad_epilogue %.1f "
+                 "grad_gemms %.1f other %.1f\n", ms[kDots], ms[kRowStats], ms[kColStats], ms[kGradEpilogue],
+                 ms[kGradGemms], ms[kOther]);
+  }
+};
+thread_local Profile* g_profile = nullptr;  // set for the duration of one profiled call
+inline void tick(Phase p) {
+  if (g_profile) g_profile->tick(p);
+}
+
 using at::Tensor;
 using c10::optional;
 
 // Rows per block. CPU: ~4 MB of fp32 per buffer (256 rows of 4096 columns stay in
-// cache), between 64 rows (so the dy GEMM's inner dimension stays efficient) and 256
-// (measured best at N = 4096, D = 512 on a 2-core EPYC: blocked GEMMs ran at 150-170
-// GFLOP/s against 119 for one 4096^2 x 512 product). CUDA: up to 256 MB per buffer.
+// cache), between 64 rows (so the dy GEMM's inner dimension stays efficient) and 256.
+// Larger blocks gain little once the GEMMs are tiled (run_tasks) and cost memory:
+// the two buffers are most of the extra memory at B = 4096. CUDA: up to 256 MB per buffer.
 int64_t block_rows(const Tensor& x, int64_t M, int64_t N) {
   const int64_t n = std::max<int64_t>(N, 1);
   const int64_t rows = x.is_cuda() ? std::max<int64_t>(1, (int64_t(1) << 26) / n)
                                    : std::min<int64_t>(256, std::max<int64_t>(64, (int64_t(1) << 20) / n));
   return std::max<int64_t>(1, std::min(rows, M));
 }
+
+// CPU GEMMs are cut into independent tiles, each one single-threaded BLAS call,
+// that the threads take from a shared counter (run_tasks). One multi-threaded BLAS
+// call per block splits its work statically and waits for its slowest thread: on
+// a 2-core EPYC shared with another busy process, 256-row blocks ran at 35-45
+// GFLOP/s in all; single-threaded tiles run at 75-85 GFLOP/s each (B = 4096,
+// D = 512), and 2 threads of tiles at ~150 GFLOP/s on a quiet machine. Every
+// output element is still computed by one BLAS call of a fixed shape, so results
+// do not depend on which thread ran which tile.
+constexpr int64_t kColTile = 256;  // columns of a score tile (N-chunks of the dots and of dy)
+constexpr int64_t kRowTile = 64;   // rows of a dx tile
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Inputs {
   Tensor x, y, tx, ty;  // contiguous, in the accumulation dtype
@@ -192,15 +241,25 @@ class Driver {
 
   // Dot products of block [r0, r0 + r): d (and the teacher's t, or d itself).
   std::pair<Tensor, Tensor> dots(int64_t r0, int64_t r) {
+    tick(kOther);
     Tensor d = dbuf_.narrow(0, 0, r);
-    at::mm_out(d, in_.x.narrow(0, r0, r), in_.y.t());
     Tensor t;
-    if (in_.teacher_emb) {
-      t = tbuf_.narrow(0, 0, r);
-      at::mm_out(t, in_.tx.narrow(0, r0, r), in_.ty.t());
-    } else if (in_.teacher_stats) {
-      t = d;  // T = ts * d from the same dot products
+    if (in_.teacher_emb) t = tbuf_.narrow(0, 0, r);
+    if (in_.x.is_cuda()) {
+      at::mm_out(d, in_.x.narrow(0, r0, r), in_.y.t());
+      if (in_.teacher_emb) at::mm_out(t, in_.tx.narrow(0, r0, r), in_.ty.t());
+    } else {
+      // tiles of kColTile columns: d[:, c] = x_blk y_c^T (and t[:, c] = tx_blk ty_c^T)
+      const int64_t nc = ceil_div(in_.N, kColTile);
+      run_tasks(nc * (in_.teacher_emb ? 2 : 1), [&](int64_t k) {
+        const bool teacher = k >= nc;
+        const int64_t j0 = (k % nc) * kColTile, w = std::min(kColTile, in_.N - j0);
+        Tensor out = (teacher ? t : d).narrow(1, j0, w);
+        at::mm_out(out, (teacher ? in_.tx : in_.x).narrow(0, r0, r), (teacher ? in_.ty : in_.y).narrow(0, j0, w).t());
+      });
     }
+    if (!in_.teacher_emb && in_.teacher_stats) t = d;  // T = ts * d from the same dot products
+    tick(kDots);
     return {d, t};
   }
 
@@ -214,9 +273,13 @@ class Driver {
   void block_stats(const Tensor& d, const Tensor& t, int64_t r0, int64_t r) {
     Tensor m = slice(rows_.m, r0, r), l = slice(rows_.l, r0, r), pd = slice(rows_.pd, r0, r);
     Tensor tm = slice(rows_.tm, r0, r), tl = slice(rows_.tl, r0, r), td = slice(rows_.td, r0, r);
+    tick(kOther);
     row_stats(d, t, in_.s, in_.ts, m, l, pd, tm, tl, td);
+    tick(kRowStats);
     dpos_.narrow(0, r0, r).copy_(d.gather(1, in_.labels.narrow(0, r0, r).unsqueeze(1)).squeeze(1));
+    tick(kOther);
     if (in_.symmetric) col_stats_update(d, t, in_.s, in_.ts, cols_.m, cols_.l, cols_.pd, cols_.tm, cols_.tl, cols_.td);
+    tick(kColStats);
   }
 
   // Coefficients of P, R and the one-hot in G for one direction with upstream g:
@@ -234,9 +297,11 @@ class Driver {
                   const Finished* cf, const std::tuple<Tensor, Tensor, Tensor>& rc,
                   const std::tuple<Tensor, Tensor, Tensor>* cc, Tensor& dx, Tensor& dy) {
     Tensor G = d;
+    tick(kOther);
     form_grad(G, t, in_.s, in_.ts, lse, tlse, slice(std::get<0>(rc), r0, r),
               slice(std::get<1>(rc), r0, r), cf ? cf->lse : Tensor(), cf ? cf->tlse : Tensor(),
               cc ? std::get<0>(*cc) : Tensor(), cc ? std::get<1>(*cc) : Tensor());
+    tick(kGradEpilogue);
     Tensor rpos = std::get<2>(rc).narrow(0, r0, r);
     if (in_.symmetric) {
       // both one-hots sit on the diagonal: row i's positive is column i and vice versa
@@ -245,8 +310,27 @@ class Driver {
       G.scatter_add_(1, in_.labels.narrow(0, r0, r).unsqueeze(1), (-rpos).unsqueeze(1));
     }
     Tensor dxb = dx.narrow(0, r0, r);
-    at::addmm_out(dxb, dxb, G, in_.y, 0.0, in_.s);
-    dy.addmm_(G.t(), in_.x.narrow(0, r0, r), 1.0, in_.s);
+    tick(kOther);
+    Tensor xb = in_.x.narrow(0, r0, r);
+    if (in_.x.is_cuda()) {
+      at::addmm_out(dxb, dxb, G, in_.y, 0.0, in_.s);
+      dy.addmm_(G.t(), xb, 1.0, in_.s);
+      return;
+    }
+    // dx tiles of kRowTile rows and dy tiles of kColTile rows, all independent
+    const int64_t nr = ceil_div(r, kRowTile), nc = ceil_div(in_.N, kColTile);
+    run_tasks(nr + nc, [&](int64_t k) {
+      if (k < nr) {
+        const int64_t i0 = k * kRowTile, h = std::min(kRowTile, r - i0);
+        Tensor out = dxb.narrow(0, i0, h);
+        at::addmm_out(out, out, G.narrow(0, i0, h), in_.y, 0.0, in_.s);
+      } else {
+        const int64_t j0 = (k - nr) * kColTile, w = std::min(kColTile, in_.N - j0);
+        Tensor out = dy.narrow(0, j0, w);
+        at::addmm_out(out, out, G.narrow(1, j0, w).t(), xb, 1.0, in_.s);
+      }
+    });
+    tick(kGradGemms);
   }
 
   // Loss and ds-per-unit-upstream of every row of one direction, from its statistics.
@@ -336,7 +420,16 @@ Result run(const Tensor& x, const Tensor& y, const Tensor& scale, const Tensor& 
     if (in.symmetric) check_vector(*g_col, in.N, "grad_col", x);
   }
   Driver driver(in);
-  return driver.run(g_row, g_col.has_value() ? *g_col : Tensor());
+  if (!Profile::enabled() || x.is_cuda()) return driver.run(g_row, g_col.has_value() ? *g_col : Tensor());
+  Profile profile;
+  g_profile = &profile;
+  struct Reset {
+    ~Reset() { g_profile = nullptr; }
+  } reset;
+  Result r = driver.run(g_row, g_col.has_value() ? *g_col : Tensor());
+  profile.tick(kOther);
+  profile.print();
+  return r;
 }
 
 // psd::forward: per-row losses (row direction; column direction or an empty tensor).

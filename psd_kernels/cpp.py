@@ -106,6 +106,9 @@ def _forward_bwd(ctx, grad_row, grad_col):
 
 def _setup_forward_backward(ctx, inputs, output):
     _, dx, dy, ds = output
+    # Only the loss is differentiated: without this, autograd would hand the backward
+    # zero-filled gradients for the dx, dy outputs, (M + N) x D of memory for nothing.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(dx, dy, ds)
     ctx.scale_dtype = inputs[2].dtype
     ctx.scale_shape = inputs[2].shape
@@ -116,6 +119,8 @@ def _forward_backward_bwd(ctx, grad_loss, _gdx, _gdy, _gds):
     # A second backward through the same graph (retain_graph=True) is therefore refused by
     # autograd ("modified by an inplace operation"); use reduction="none" for that.
     dx, dy, ds = ctx.saved_tensors
+    if grad_loss is None:  # the loss was not used (only its gradient outputs were)
+        return (None,) * _N_ARGS
     g = grad_loss.to(ds.dtype)
     gs = (g * ds).to(ctx.scale_dtype).reshape(ctx.scale_shape)
     return (dx.mul_(g.to(dx.dtype)), dy.mul_(g.to(dy.dtype)), gs) + (None,) * (_N_ARGS - 1)

@@ -169,6 +169,24 @@ def test_repeated_calls_identical():
         assert torch.equal(a, b_)
 
 
+def test_thread_count_does_not_change_results():
+    """Each GEMM tile is one single-threaded BLAS call and each epilogue row or column
+    chunk is one thread's work, so 1 thread and all threads agree bit for bit."""
+    b = 600  # several row blocks and column tiles
+    inputs = _inputs(b, b, 64, torch.float32)
+    kwargs = dict(alpha_image=0.3, teacher_image=_embed(b, 32, torch.float32),
+                  teacher_text=_embed(b, 32, torch.float32), teacher_scale=20.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = _run(psd_kernels.psd_clip_loss, "cpp", inputs, kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    many = _run(psd_kernels.psd_clip_loss, "cpp", inputs, kwargs)
+    for a, b_ in zip(single, many):
+        assert torch.equal(a, b_)
+
+
 def test_no_grad_runs_forward_only():
     x, y, s = _inputs(7, 9, 3)
     with torch.no_grad():
