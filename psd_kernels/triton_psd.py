@@ -37,6 +37,7 @@ import torch
 import triton
 
 from psd_kernels import triton_kernels as K
+from psd_kernels.reference import reduce_rows
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The backward holds BLOCK_M x BLOCK_D fp32 gradient rows in registers: D up to this
@@ -278,14 +279,6 @@ def _teacher_mode(teacher_x, teacher_scale) -> int:
     return 0 if teacher_scale is None else 1
 
 
-def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows
-
-
 def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction):
     """One direction, backend contract of psd_kernels.backends (fp32 loss, input-dtype grads)."""
     teacher = _teacher_mode(teacher_x, teacher_scale)
@@ -294,7 +287,7 @@ def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, re
     ts = None if teacher_scale is None else teacher_scale.float()
     rows = _PSDFunction.apply(x.contiguous(), y.contiguous(), scale, alpha.contiguous(), alpha.contiguous(),
                               labels.contiguous(), tx, ty, ts, teacher, False)
-    return _reduce(rows, reduction)
+    return reduce_rows(rows, reduction)
 
 
 def psd_clip_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,
@@ -308,4 +301,4 @@ def psd_clip_loss(image, text, scale, alpha_image, alpha_text, teacher_image, te
                               alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
     if reduction == "none":
         return rows
-    return 0.5 * (_reduce(rows[0], reduction) + _reduce(rows[1], reduction))
+    return 0.5 * (reduce_rows(rows[0], reduction) + reduce_rows(rows[1], reduction))

@@ -218,7 +218,7 @@ class _Run:
     def _end_epoch(self, model, epoch, optimizer, scaler, args, tb_writer):
         done = epoch + 1
         if args.save_logs:
-            _append_csv(os.path.join(self.log_dir, STEPS_CSV), STEP_FIELDS, self.steps_rows)
+            append_csv_rows(os.path.join(self.log_dir, STEPS_CSV), STEP_FIELDS, self.steps_rows)
             if tb_writer is not None:
                 for row in self.steps_rows:
                     tb_writer.add_scalar("psd/alpha", row["alpha"], row["step"])
@@ -228,7 +228,7 @@ class _Run:
             self.metrics = self._evaluate(model, args)
             if args.save_logs:
                 row = {"epoch": done, "step": self.step, **self.metrics}
-                _append_csv(os.path.join(self.log_dir, METRICS_CSV), tuple(row), [row])
+                append_csv_rows(os.path.join(self.log_dir, METRICS_CSV), tuple(row), [row])
                 if tb_writer is not None:
                     for key, value in self.metrics.items():
                         tb_writer.add_scalar(f"psd_eval/{key}", value, done)
@@ -301,7 +301,8 @@ def _truncate_csv(path: str, key: str, keep_upto: int) -> None:
     frame[frame[key] <= keep_upto].to_csv(path, index=False)
 
 
-def _append_csv(path: str, fields, rows) -> None:
+def append_csv_rows(path: str, fields, rows) -> None:
+    """Append dict rows to a CSV file, writing the header when the file is new."""
     if not rows:
         return
     new = not os.path.isfile(path)

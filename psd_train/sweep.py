@@ -22,7 +22,7 @@ import time
 
 from psd_train.demo_data import build_demo_data
 from psd_train.demo_model import TRAIN_FLAGS
-from psd_train.main import main as train_main
+from psd_train.main import append_csv_rows, main as train_main
 from psd_train.report import summarize
 
 # method -> its PSD flags. alpha ramps linearly from 0 to ALPHA over the run.
@@ -58,15 +58,6 @@ def done_runs(path: str) -> set:
         return {(r["method"], float(r["noise"]), int(r["seed"])) for r in csv.DictReader(f)}
 
 
-def append_row(path: str, row: dict) -> None:
-    new = not os.path.isfile(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def run_sweep(a) -> None:
     results = os.path.join(a.out, RESULTS)
     done = done_runs(results)
@@ -91,7 +82,7 @@ def run_sweep(a) -> None:
                                      "--psd-quiet"])
                 row = {"method": method, "noise": noise, "seed": seed, "epochs": a.epochs, "n_train": a.n_train,
                        "wall_s": round(time.time() - start, 1), **result["metrics"]}
-                append_row(results, row)
+                append_csv_rows(results, tuple(row), [row])
                 print(f"    {row['wall_s']} s  zero-shot {row.get('zeroshot_top1', float('nan')):.3f}", flush=True)
 
 
