@@ -120,10 +120,15 @@ class PSDLoss(nn.Module):
         if self.world_size > 1:
             loss = self._distributed(image_features, text_features, logit_scale, teacher_image, teacher_text,
                                      teacher_scale)
-            if self.training:
-                self.step += 1
-            return {"contrastive_loss": loss} if output_dict else loss
+        else:
+            loss = self._single_process(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                        teacher_scale)
+        if self.training:
+            self.step += 1
+        return {"contrastive_loss": loss} if output_dict else loss
 
+    def _single_process(self, image_features, text_features, logit_scale, teacher_image, teacher_text,
+                        teacher_scale):
         image_features = validation.matrix("image_features", image_features)
         text_features = validation.matrix("text_features", text_features)
         alpha = self.current_alpha()
@@ -137,15 +142,11 @@ class PSDLoss(nn.Module):
                                            "teacher_text_features"))
             teacher_image = teacher_text = teacher_scale = None
         if self.teacher_mode == "cross":
-            loss = psd_clip_loss(image_features, text_features, logit_scale, teacher_image=teacher_image,
+            return psd_clip_loss(image_features, text_features, logit_scale, teacher_image=teacher_image,
                                  teacher_text=teacher_text, teacher_scale=teacher_scale,
                                  alpha_image=alpha_image, alpha_text=alpha_text, backend=self.backend)
-        else:
-            loss = self._within_modality(image_features, text_features, logit_scale, teacher_image,
-                                         teacher_text, teacher_scale, alpha_image, alpha_text)
-        if self.training:
-            self.step += 1
-        return {"contrastive_loss": loss} if output_dict else loss
+        return self._within_modality(image_features, text_features, logit_scale, teacher_image,
+                                     teacher_text, teacher_scale, alpha_image, alpha_text)
 
     def _distributed(self, image, text, logit_scale, teacher_image, teacher_text, teacher_scale):
         """The loss across the process group; a malformed input is rejected inside the distributed
