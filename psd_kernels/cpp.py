@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from psd_kernels.validation import FLOAT_DTYPES, compute_dtype
+
 try:
     from psd_kernels import _C
 except ImportError as exc:  # the registry (psd_kernels.backends) reports this message
@@ -47,7 +49,7 @@ def cuda_built() -> bool:
 def supports(device: torch.device, dtype: torch.dtype) -> str | None:
     if not isinstance(device, torch.device):
         device = torch.device(device)
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if dtype not in FLOAT_DTYPES:
         return f"dtype {dtype} is not supported (float16, bfloat16, float32, float64)"
     if device.type == "cpu":
         return None
@@ -56,15 +58,11 @@ def supports(device: torch.device, dtype: torch.dtype) -> str | None:
     return f"device type {device.type!r} is not supported (cpu, cuda)"
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ---- fake (meta) implementations: shapes and dtypes only ---------------------------------
 
 @torch.library.register_fake("psd::forward")
 def _forward_fake(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale):
-    acc = _acc_dtype(x.dtype)
+    acc = compute_dtype(x.dtype)
     cols = y.shape[0] if alpha_col is not None else 0
     return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((cols,), dtype=acc)
 
@@ -72,13 +70,13 @@ def _forward_fake(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, t
 @torch.library.register_fake("psd::backward")
 def _backward_fake(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale, grad_row,
                    grad_col):
-    return torch.empty_like(x), torch.empty_like(y), x.new_empty((), dtype=_acc_dtype(x.dtype))
+    return torch.empty_like(x), torch.empty_like(y), x.new_empty((), dtype=compute_dtype(x.dtype))
 
 
 @torch.library.register_fake("psd::forward_backward")
 def _forward_backward_fake(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale,
                            weight_row, weight_col):
-    acc = _acc_dtype(x.dtype)
+    acc = compute_dtype(x.dtype)
     return x.new_empty((), dtype=acc), torch.empty_like(x), torch.empty_like(y), x.new_empty((), dtype=acc)
 
 
@@ -94,7 +92,7 @@ def _setup_forward(ctx, inputs, output):
 def _forward_bwd(ctx, grad_row, grad_col):
     args = list(ctx.saved_tensors)
     x, y, scale, alpha_col = args[0], args[1], args[2], args[5]
-    acc = _acc_dtype(x.dtype)
+    acc = compute_dtype(x.dtype)
     grad_row = torch.zeros(x.shape[0], dtype=acc, device=x.device) if grad_row is None else grad_row.to(acc)
     if alpha_col is not None:
         grad_col = torch.zeros(y.shape[0], dtype=acc, device=x.device) if grad_col is None else grad_col.to(acc)
@@ -139,7 +137,7 @@ def _needs_grad(*tensors) -> bool:
 
 def _weights(n: int, reduction: str, factor: float, like: torch.Tensor) -> torch.Tensor:
     value = factor / n if reduction == "mean" else factor
-    return torch.full((n,), value, dtype=_acc_dtype(like.dtype), device=like.device)
+    return torch.full((n,), value, dtype=compute_dtype(like.dtype), device=like.device)
 
 
 def _run(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale, reduction, factor):

@@ -89,8 +89,7 @@ class PSDLoss(nn.Module):
     def _row_alpha(self, alpha: float, rows: int, stream: int, like) -> torch.Tensor:
         """alpha on this step's soft subset, 0 elsewhere, in the loss's accumulation dtype."""
         mask = self.subset.mask(rows, self.step, stream, self.rank)
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        return (mask.to(dtype) * alpha).to(like.device)
+        return (mask.to(validation.compute_dtype(like.dtype)) * alpha).to(like.device)
 
     def get_extra_state(self) -> dict:
         return {"step": self.step, "schedule": self.schedule.kind, "alpha_max": self.schedule.alpha_max,

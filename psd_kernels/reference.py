@@ -17,11 +17,7 @@ from __future__ import annotations
 import torch
 
 from psd_kernels.symmetric import clip_loss_from_directions
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 stays float64, everything else runs in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from psd_kernels.validation import compute_dtype
 
 
 def supports(device: torch.device, dtype: torch.dtype) -> str | None:

@@ -18,6 +18,11 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of every backend: float64 stays float64, everything else runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
@@ -146,7 +151,7 @@ def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
         raise ValueError(f"{nx} and {ny} must share the embedding dim: {nx} is {tuple(x.shape)}, {ny} is {tuple(y.shape)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(x.dtype)
     rows, cols = x.shape[0], y.shape[0]
     teacher_x, teacher_y = teacher_pair(teacher_x, teacher_y, x, y, names=(nx, ny, ntx, nty))
     scale = _scale("logit_scale", logit_scale, x, ct)
