@@ -138,7 +138,7 @@ setup(
     version="0.1.0",
     description="Fused progressive self-distillation (PSD) contrastive loss for CLIP training",
     packages=find_packages(include=["psd_kernels", "psd_kernels.*", "psd_train", "psd_train.*"]),
-    package_data={"psd_train": ["model_configs/*.json"]},
+    package_data={"psd_train.demo": ["model_configs/*.json"]},
     python_requires=">=3.10",
     install_requires=["torch", "numpy"],
     ext_modules=[ext],

@@ -51,7 +51,7 @@ def psd_parser() -> argparse.ArgumentParser:
     group.add_argument("--psd-backend", choices=("auto",) + BACKENDS, default="auto",
                        help="loss implementation (auto: the fastest built one)")
     group.add_argument("--psd-eval-data", default=None,
-                       help="a demo data root (psd_train.demo_data): run psd_train.evaluate on it")
+                       help="a demo data root (psd_train.demo.data): run psd_train.demo.evaluate on it")
     group.add_argument("--psd-eval-every", type=int, default=0,
                        help="evaluate every N epochs (0: only after the last epoch)")
     group.add_argument("--psd-threads", type=int, default=None,

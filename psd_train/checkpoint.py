@@ -49,6 +49,12 @@ def load_checkpoint(path: str) -> dict:
                            "resume from an earlier checkpoint") from exc
 
 
+def check_resume_file(resume: str | None) -> None:
+    """A --resume path that is missing or corrupt fails before training, with the path in the message."""
+    if resume is not None and resume != "latest":
+        load_checkpoint(resume)
+
+
 def psd_state(loss, teacher) -> dict:
     return {"version": FORMAT_VERSION, "loss": loss.state_dict(), "teacher": teacher.state_dict()}
 

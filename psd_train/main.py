@@ -29,7 +29,6 @@ as an uninterrupted one, and runs with the same --seed (CLIP vs PSD) see the sam
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -38,32 +37,24 @@ import sys
 from contextlib import contextmanager
 
 import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from psd_kernels import PSDLoss
 from psd_train.args import check_combined, psd_parser, split_args
-from psd_train.checkpoint import PSD_CHECKPOINT_NAME, atomic_save, find_psd_state, load_checkpoint, psd_state
+from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, atomic_save, check_resume_file, find_psd_state,
+                                  psd_state)
+from psd_train.datafiles import check_data_files
+from psd_train.runlog import (FINAL_METRICS, METRICS_CSV, STEP_FIELDS, STEPS_CSV, append_csv_rows,
+                              truncate_csv)
 from psd_train.teachers import Teacher
-
-STEPS_CSV = "psd_steps.csv"
-METRICS_CSV = "psd_metrics.csv"
-FINAL_METRICS = "psd_final_metrics.json"
-STEP_FIELDS = ("epoch", "step", "loss", "alpha", "lr", "logit_scale")
-
-
-class DataFileError(ValueError):
-    """A training or evaluation data file is missing, unreadable or malformed."""
-
 
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns {"log_dir", "checkpoint", "metrics" (the last evaluation, or {})}."""
     import open_clip_train.main as oc_main
     from open_clip_train.params import parse_args
 
-    from psd_train.demo_model import register_demo_models
+    from psd_train.demo.model import register_demo_models
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -81,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(rest)
     check_combined(psd, args)
     n_train = check_data_files(args, psd)
-    _check_resume_file(args)
+    check_resume_file(args.resume)
 
     run = _Run(psd, n_train)
     with run.patched(oc_main):
@@ -184,8 +175,8 @@ class _Run:
                 self.teacher.load_state_dict(state["teacher"], _unwrap(model))
         self.log_dir = os.path.join(args.logs, args.name) if args.logs else None
         if args.save_logs:
-            _truncate_csv(os.path.join(self.log_dir, STEPS_CSV), "step", self.step)
-            _truncate_csv(os.path.join(self.log_dir, METRICS_CSV), "epoch", start_epoch)
+            truncate_csv(os.path.join(self.log_dir, STEPS_CSV), "step", self.step)
+            truncate_csv(os.path.join(self.log_dir, METRICS_CSV), "epoch", start_epoch)
         loss.register_forward_pre_hook(self._before_loss)
         loss.register_forward_hook(self._after_loss)
         optimizer.register_step_post_hook(self._after_step)
@@ -243,7 +234,7 @@ class _Run:
             atomic_save(checkpoint, os.path.join(args.checkpoint_path, PSD_CHECKPOINT_NAME))
 
     def _evaluate(self, model, args) -> dict:
-        from psd_train.evaluate import evaluate
+        from psd_train.demo.evaluate import evaluate
 
         if self.eval_tools is None:
             import open_clip
@@ -291,84 +282,3 @@ def _ramp_steps(psd, args, n_train: int | None) -> int:
         n_train = args.train_num_samples or 0
     steps_per_epoch = n_train // (args.batch_size * args.world_size) // args.accum_freq  # drop_last batches
     return int(round(epochs * steps_per_epoch))
-
-
-def _truncate_csv(path: str, key: str, keep_upto: int) -> None:
-    """Drop rows with `key` > keep_upto (left over from the part of a run that a resume repeats)."""
-    if not os.path.isfile(path):
-        return
-    frame = pd.read_csv(path)
-    frame[frame[key] <= keep_upto].to_csv(path, index=False)
-
-
-def append_csv_rows(path: str, fields, rows) -> None:
-    """Append dict rows to a CSV file, writing the header when the file is new."""
-    if not rows:
-        return
-    new = not os.path.isfile(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _check_resume_file(args) -> None:
-    """A --resume path that is missing or corrupt fails here, with the path in the message."""
-    if args.resume is not None and args.resume != "latest":
-        load_checkpoint(args.resume)
-
-
-def check_data_files(args, psd) -> int | None:
-    """Check the CSV data open_clip_train will read; returns the number of training rows.
-
-    Missing files, CSVs without the named columns, empty CSVs, and images that are missing
-    or do not decode raise DataFileError naming the file (and row), instead of a
-    DataLoader traceback in the middle of training.
-    """
-    n_train = None
-    for split, path in (("--train-data", args.train_data), ("--val-data", args.val_data)):
-        if path is None or not _is_csv(args, path):
-            continue
-        rows = _check_csv(split, path, args, progress=psd.psd_progress)
-        if split == "--train-data":
-            n_train = rows
-    if psd.psd_eval_data is not None:
-        for name in ("meta.json", "test.csv", "train.csv"):
-            if not os.path.isfile(os.path.join(psd.psd_eval_data, name)):
-                raise DataFileError(f"--psd-eval-data {psd.psd_eval_data}: {name} is missing "
-                                    "(build it with python -m psd_train.demo_data)")
-    return n_train
-
-
-def _is_csv(args, path: str) -> bool:
-    return args.dataset_type == "csv" or (args.dataset_type == "auto" and path.rsplit(".", 1)[-1] in ("csv", "tsv"))
-
-
-def _check_csv(flag: str, path: str, args, progress: bool) -> int:
-    if not os.path.isfile(path):
-        raise DataFileError(f"{flag} {path}: file not found")
-    try:
-        frame = pd.read_csv(path, sep=args.csv_separator)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"{flag} {path}: not a readable CSV with separator {args.csv_separator!r} ({exc})") from exc
-    for column in (args.csv_img_key, args.csv_caption_key):
-        if column not in frame.columns:
-            raise DataFileError(f"{flag} {path}: no column {column!r} (columns: {list(frame.columns)}); "
-                                "check --csv-img-key, --csv-caption-key and --csv-separator")
-    if len(frame) == 0:
-        raise DataFileError(f"{flag} {path}: no rows")
-    if frame[args.csv_caption_key].isna().any():
-        row = int(frame[args.csv_caption_key].isna().to_numpy().nonzero()[0][0])
-        raise DataFileError(f"{flag} {path}: row {row} has an empty caption")
-    images = frame[args.csv_img_key].astype(str).tolist()
-    for row, image in enumerate(tqdm(images, desc=f"checking {os.path.basename(path)}", unit="img",
-                                     disable=not progress, leave=False)):
-        try:
-            with Image.open(image) as im:
-                im.load()
-        except FileNotFoundError as exc:
-            raise DataFileError(f"{flag} {path}: row {row}: image {image} not found") from exc
-        except OSError as exc:
-            raise DataFileError(f"{flag} {path}: row {row}: image {image} is corrupt ({exc})") from exc
-    return len(frame)

