@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from psd_kernels import TEACHER_MODES
 from psd_kernels.backends import BACKENDS
-from psd_kernels.loss import TEACHER_MODES
 from psd_kernels.schedule import SCHEDULES
+from psd_train.errors import FlagError
 
 # Where the teacher's embeddings come from (how they are used is --psd-teacher-mode).
 TEACHERS = ("self", "ema", "prev_epoch", "distill")
@@ -72,27 +73,24 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _check(psd: argparse.Namespace) -> None:
-    def fail(message):
-        raise SystemExit(f"psd_train: {message}")
-
     if not 0.0 <= psd.psd_alpha_max <= 1.0:
-        fail(f"--psd-alpha-max must lie in [0, 1], got {psd.psd_alpha_max}")
+        raise FlagError(f"--psd-alpha-max must lie in [0, 1], got {psd.psd_alpha_max}")
     if not 0.0 <= psd.psd_soft_fraction <= 1.0:
-        fail(f"--psd-soft-fraction must lie in [0, 1], got {psd.psd_soft_fraction}")
+        raise FlagError(f"--psd-soft-fraction must lie in [0, 1], got {psd.psd_soft_fraction}")
     if psd.psd_ramp_steps is not None and psd.psd_ramp_epochs is not None:
-        fail("give --psd-ramp-steps or --psd-ramp-epochs, not both")
+        raise FlagError("give --psd-ramp-steps or --psd-ramp-epochs, not both")
     if psd.psd_ramp_steps is not None and psd.psd_ramp_steps < 0:
-        fail(f"--psd-ramp-steps must be >= 0, got {psd.psd_ramp_steps}")
+        raise FlagError(f"--psd-ramp-steps must be >= 0, got {psd.psd_ramp_steps}")
     if psd.psd_ramp_epochs is not None and psd.psd_ramp_epochs < 0:
-        fail(f"--psd-ramp-epochs must be >= 0, got {psd.psd_ramp_epochs}")
+        raise FlagError(f"--psd-ramp-epochs must be >= 0, got {psd.psd_ramp_epochs}")
     if psd.psd_teacher_scale is not None and not psd.psd_teacher_scale > 0:
-        fail(f"--psd-teacher-scale must be positive, got {psd.psd_teacher_scale}")
+        raise FlagError(f"--psd-teacher-scale must be positive, got {psd.psd_teacher_scale}")
     if not 0.0 <= psd.psd_ema_momentum < 1.0:
-        fail(f"--psd-ema-momentum must lie in [0, 1), got {psd.psd_ema_momentum}")
+        raise FlagError(f"--psd-ema-momentum must lie in [0, 1), got {psd.psd_ema_momentum}")
     if psd.psd_threads is not None and psd.psd_threads < 1:
-        fail(f"--psd-threads must be >= 1, got {psd.psd_threads}")
+        raise FlagError(f"--psd-threads must be >= 1, got {psd.psd_threads}")
     if psd.psd_eval_every < 0:
-        fail(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
+        raise FlagError(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
 
 
 def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
@@ -101,14 +99,14 @@ def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
     if psd.psd_teacher is None:
         psd.psd_teacher = "distill" if distill else "self"
     if psd.psd_teacher == "distill" and not (distill and args.distill_pretrained is not None):
-        raise SystemExit("psd_train: --psd-teacher distill needs --distill-model and --distill-pretrained")
+        raise FlagError("--psd-teacher distill needs --distill-model and --distill-pretrained")
     if psd.psd_teacher != "distill" and distill:
-        raise SystemExit(f"psd_train: --distill-model is given but --psd-teacher is {psd.psd_teacher!r}; "
+        raise FlagError(f"--distill-model is given but --psd-teacher is {psd.psd_teacher!r}; "
                          "drop one of them")
     if args.siglip or "coca" in args.model.lower():
-        raise SystemExit("psd_train: PSDLoss replaces the CLIP loss; SigLIP and CoCa models are not supported")
+        raise FlagError("PSDLoss replaces the CLIP loss; SigLIP and CoCa models are not supported")
     if args.accum_freq != 1 and psd.psd_alpha_max > 0:
-        raise SystemExit("psd_train: --accum-freq > 1 is not supported with PSD (the schedule counts "
+        raise FlagError("--accum-freq > 1 is not supported with PSD (the schedule counts "
                          "one loss call per optimizer step)")
     if args.train_data is None and args.dataset_type != "synthetic":
-        raise SystemExit("psd_train: --train-data is required")
+        raise FlagError("--train-data is required")

@@ -20,8 +20,14 @@ import zipfile
 
 import torch
 
+from psd_train.errors import UsageError
+
 PSD_CHECKPOINT_NAME = "psd_latest.pt"
 FORMAT_VERSION = 1
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, corrupt, or does not belong to this run."""
 
 
 def atomic_save(obj, path: str) -> None:
@@ -41,11 +47,11 @@ def atomic_save(obj, path: str) -> None:
 def load_checkpoint(path: str) -> dict:
     """torch.load a checkpoint, turning a missing or corrupt file into one clear error."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
-        raise RuntimeError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
                            "resume from an earlier checkpoint") from exc
 
 

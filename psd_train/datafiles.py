@@ -12,8 +12,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from psd_train.errors import UsageError
 
-class DataFileError(ValueError):
+
+class DataFileError(UsageError):
     """A training or evaluation data file is missing, unreadable or malformed."""
 
 

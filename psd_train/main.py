@@ -45,6 +45,7 @@ from psd_train.args import check_combined, psd_parser, split_args
 from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, atomic_save, check_resume_file, find_psd_state,
                                   psd_state)
 from psd_train.datafiles import check_data_files
+from psd_train.errors import UsageError
 from psd_train.runlog import (FINAL_METRICS, METRICS_CSV, STEP_FIELDS, STEPS_CSV, append_csv_rows,
                               truncate_csv)
 from psd_train.teachers import Teacher
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     with run.patched(oc_main):
         status = oc_main.main(rest)
     if status == -1:
-        raise RuntimeError("open_clip_train stopped (see its message above): an experiment with this "
-                           "--name already exists; pick a new --name or pass --resume latest")
+        raise UsageError("open_clip_train stopped (see its message above): an experiment with this "
+                         "--name already exists; pick a new --name or pass --resume latest")
     return run.result()
 
 

@@ -2,6 +2,7 @@
 import sys
 
 from psd_train.demo.sweep import main
+from psd_train.errors import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m psd_train.sweep", main))

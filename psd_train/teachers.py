@@ -21,6 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from psd_train.checkpoint import CheckpointError
+
 
 class TeacherView(nn.Module):
     """Calls a CLIP model and returns only what PSDLoss reads from a teacher.
@@ -96,7 +98,7 @@ class Teacher:
 
     def load_state_dict(self, state: dict, student: nn.Module) -> None:
         if state.get("kind") != self.kind:
-            raise ValueError(f"the checkpoint's teacher is {state.get('kind')!r}, this run's is {self.kind!r}")
+            raise CheckpointError(f"the checkpoint's teacher is {state.get('kind')!r}, this run's is {self.kind!r}")
         if state.get("weights") is not None:
             self.model = self._copy_of(student)
             self.model.load_state_dict(state["weights"])

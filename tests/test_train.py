@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from psd_train.checkpoint import atomic_save, load_checkpoint
-from psd_train.datafiles import DataFileError
 from psd_train.demo.data import build_demo_data
 from psd_train.demo.model import TRAIN_FLAGS
 from psd_train.demo.report import summarize
@@ -171,54 +170,6 @@ def test_atomic_save_keeps_previous_checkpoint_on_crash(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path) == {"epoch": 1}
     assert os.listdir(tmp_path) == ["psd_latest.pt"]
-
-
-def test_corrupt_checkpoint_is_reported(data, tmp_path):
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(RuntimeError, match="corrupt or truncated"):
-        main(argv(data, tmp_path, "bad", "--resume", str(bad)))
-
-
-def _copy_csv(data, tmp_path, edit):
-    frame = pd.read_csv(data["train_csv"], sep="\t")
-    frame = edit(frame)
-    path = tmp_path / "train.csv"
-    frame.to_csv(path, sep="\t", index=False)
-    return str(path)
-
-
-@pytest.mark.parametrize("problem, match", [
-    ("missing_file", "file not found"),
-    ("missing_image", "row 3: image .* not found"),
-    ("corrupt_image", "row 0: image .* is corrupt"),
-    ("missing_column", "no column 'title'"),
-])
-def test_bad_data_files_are_reported(problem, match, data, tmp_path):
-    if problem == "missing_file":
-        train = str(tmp_path / "nope.csv")
-    elif problem == "missing_image":
-        train = _copy_csv(data, tmp_path, lambda f: f.assign(filepath=f.filepath.where(f.index != 3, "/nope.png")))
-    elif problem == "corrupt_image":
-        broken = tmp_path / "broken.png"
-        broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-        train = _copy_csv(data, tmp_path, lambda f: f.assign(filepath=f.filepath.where(f.index != 0, str(broken))))
-    else:
-        train = _copy_csv(data, tmp_path, lambda f: f.drop(columns=["title"]))
-    args = argv(data, tmp_path, "bad")
-    args[args.index("--train-data") + 1] = train
-    with pytest.raises(DataFileError, match=match):
-        main(args)
-
-
-@pytest.mark.parametrize("flags, match", [
-    (["--psd-alpha-max", "1.5"], "alpha-max"),
-    (["--psd-teacher", "distill"], "distill-model"),
-    (["--psd-ramp-steps", "3", "--psd-ramp-epochs", "1"], "not both"),
-])
-def test_bad_flags_are_reported(flags, match, data, tmp_path, capsys):
-    with pytest.raises(SystemExit, match=match):
-        main(argv(data, tmp_path, "flags", *flags))
 
 
 def test_summarize_pairs_methods_by_seed(tmp_path):

@@ -1,4 +1,7 @@
 """python -m psd_train.demo (what `make demo` runs): see psd_train.demo.run."""
-from psd_train.demo.run import main
+import sys
 
-main()
+from psd_train.demo.run import main
+from psd_train.errors import run_command
+
+sys.exit(run_command("python -m psd_train.demo", main))

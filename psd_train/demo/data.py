@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from psd_train.demo import captions as cap
+from psd_train.errors import FlagError, UsageError, run_command
 
 FORMAT = "psd-demo-data/1"
 IMAGE_SIZE = 32
@@ -51,7 +52,7 @@ CSV_FILES = ("train.csv", "val.csv", "test.csv")
 SOURCES = ("mnist", "digits")
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(UsageError):
     """The folder holds demo data that is corrupt, incomplete or built with other parameters."""
 
 
@@ -322,9 +323,12 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    out = build_demo_data(a.root, noise=a.noise, captions=a.captions, seed=a.seed, n_train=a.n_train,
-                          n_val=a.n_val, n_test=a.n_test, progress=not a.quiet, overwrite=a.overwrite,
-                          source=a.source)
+    try:
+        out = build_demo_data(a.root, noise=a.noise, captions=a.captions, seed=a.seed, n_train=a.n_train,
+                              n_val=a.n_val, n_test=a.n_test, progress=not a.quiet, overwrite=a.overwrite,
+                              source=a.source)
+    except ValueError as exc:  # a flag out of range (the message names the parameter: noise, n_train, ...)
+        raise FlagError(str(exc)) from exc
     meta = json.loads(Path(out["meta"]).read_text())
     print(f"{'built' if out['rebuilt'] else 'reused'} {out['root']} in {time.perf_counter() - t0:.1f} s: "
           f"{out['n_train']} train / {out['n_val']} val / {out['n_test']} test, "
@@ -337,4 +341,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m psd_train.demo.data", main))

@@ -31,7 +31,9 @@ import torch
 from PIL import Image
 
 from psd_train.demo.corruptions import CORRUPTIONS
+from psd_train.checkpoint import CheckpointError, load_checkpoint
 from psd_train.demo.data import DemoDataError, check_demo_data
+from psd_train.errors import run_command
 
 RECALL_KS = (1, 5, 10)
 _CACHE: dict = {}
@@ -201,15 +203,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     a = p.parse_args(argv)
     from psd_train.demo.model import create_demo_model
+    state = load_checkpoint(a.checkpoint) if a.checkpoint else None
     model, _, preprocess, tokenizer = create_demo_model(a.model)
-    if a.checkpoint:
-        state = torch.load(a.checkpoint, map_location="cpu", weights_only=False)
+    if state is not None:
         state = state.get("state_dict", state)
-        model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        try:
+            model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(f"--checkpoint {a.checkpoint} does not hold a --model {a.model} state_dict "
+                                  f"({str(exc).splitlines()[0]})") from exc
     for k, v in evaluate(model, preprocess, tokenizer, a.data, batch_size=a.batch_size, progress=True).items():
         print(f"{k:24s} {v:.4f}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m psd_train.demo.evaluate", main))

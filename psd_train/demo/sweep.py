@@ -23,6 +23,7 @@ import time
 from psd_train.demo.data import build_demo_data
 from psd_train.demo.model import TRAIN_FLAGS
 from psd_train.demo.report import summarize
+from psd_train.errors import run_command
 from psd_train.main import main as train_main
 from psd_train.runlog import append_csv_rows
 
@@ -111,4 +112,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m psd_train.sweep", main))
