@@ -7,7 +7,7 @@ computed under torch.utils.checkpoint, so autograd keeps only the chunk's inputs
 and recomputes its c x N logits in the backward. Nothing of size B x B is ever
 held; peak extra memory is a few c x N buffers plus the B x D gradients.
 
-Per row i of a chunk (see ../shared/design/LOSS.md, "One direction"):
+Per row i of a chunk (docs/loss.md, "One direction"):
 
     S_ij = s * <q_i, k_j>,  T_ij = s~ * <q~_i, k~_j>,  R_i = softmax_j(T_ij)
     l_i  = LSE_j(S_ij) - (1 - alpha) * S_{i,i} - alpha * sum_j R_ij S_ij

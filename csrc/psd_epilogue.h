@@ -4,7 +4,7 @@
 // (R rows x N columns, fp32 or fp64, row-major with leading dimension N) and,
 // with a separate teacher, t = tx_blk @ ty^T. These functions turn the block
 // into statistics and into the gradient tile G without any other M x N buffer.
-// Notation (../shared/design/LOSS.md): S = s d, T = ts t (t is d for a self
+// Notation (docs/loss.md): S = s d, T = ts t (t is d for a self
 // teacher), P = softmax(S), R = softmax(T) over the row (or over the column).
 #pragma once
 

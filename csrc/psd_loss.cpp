@@ -1,6 +1,6 @@
 // The fused PSD loss: block driver, operator registration, Python module.
 //
-// Math and notation: ../shared/design/LOSS.md. For rows x (M x D) and columns
+// Math and notation: docs/loss.md and docs/fused_algorithm.md. For rows x (M x D) and columns
 // y (N x D), S = s x y^T, T = ts tx ty^T (or ts x y^T for a self teacher), and
 //   l_i = lse_i - (1 - a_i) S_{i,c_i} - a_i sum_j R_ij S_ij
 //   G_ij = g_i (P_ij - Q_ij) [+ g'_j (P'_ij - Q'_ij) for the column direction]
@@ -16,11 +16,12 @@
 // independent single-threaded tiles that the threads take dynamically
 // (psd_parallel.h: run_tasks).
 //   one direction:        one sweep: statistics, G, dx, dy of each block at once;
-//                         GEMMs: 2 (self teacher) or 4 (separate teacher) M N D-sized.
+//                         GEMMs: 3 (self teacher: scores, dx, dy) or 4 (separate
+//                         teacher: + its scores), each M N D-sized.
 //   symmetric (columns):  the column softmax needs every row first, so sweep 1
 //                         computes row statistics and online column statistics,
 //                         sweep 2 recomputes the dot products and forms one G
-//                         for both directions: 3 or 6 GEMMs in all.
+//                         for both directions, then dx and dy: 4 or 6 GEMMs in all.
 // Extra memory: O(M + N) statistics, the R x N block buffers, fp32 copies of
 // fp16/bf16 inputs and fp32 gradient accumulators (O((M + N) D)); never M x N.
 // Blocks run one after another, each GEMM and epilogue using all threads; every

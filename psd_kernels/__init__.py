@@ -2,13 +2,14 @@
 
     from psd_kernels import PSDLoss, psd_loss, psd_clip_loss
 
-The math, gradients and fused algorithm: ../shared/design/LOSS.md.
+The math, gradients and fused algorithm: docs/ (docs/README.md is the index).
 """
+from psd_kernels.assembly import TEACHER_MODES
 from psd_kernels.backends import BACKENDS, BackendUnavailable, available_backends
 from psd_kernels.distributed import psd_clip_loss_distributed
 from psd_kernels.functional import psd_clip_loss, psd_loss
 from psd_kernels.loss import PSDLoss
-from psd_kernels.schedule import AlphaSchedule, SoftSubset
+from psd_kernels.schedule import AlphaSchedule, FractionSchedule, SoftSubset
 
-__all__ = ["BACKENDS", "AlphaSchedule", "BackendUnavailable", "PSDLoss", "SoftSubset",
-           "available_backends", "psd_clip_loss", "psd_clip_loss_distributed", "psd_loss"]
+__all__ = ["BACKENDS", "TEACHER_MODES", "AlphaSchedule", "BackendUnavailable", "FractionSchedule", "PSDLoss",
+           "SoftSubset", "available_backends", "psd_clip_loss", "psd_clip_loss_distributed", "psd_loss"]

@@ -1,10 +1,10 @@
 """Backend registry: which implementation computes the loss, and why another is missing.
 
-Every backend is a module that exposes the same two functions, called by
-psd_kernels.functional only after the inputs were validated and normalised
-(psd_kernels.validation). The contract, for x: M x D, y: N x D:
+Every backend is a module with the same functions, called by psd_kernels.assembly only
+after the inputs were validated and normalised (psd_kernels.validation). For x: M x D,
+y: N x D:
 
-    psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction)
+    psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale)
         x, y            same dtype (float16, bfloat16, float32, float64), same device
         scale           0-dim floating tensor on that device, > 0, may require grad
         alpha           (M,) tensor, float32 (float64 when x is float64), in [0, 1]
@@ -12,19 +12,24 @@ psd_kernels.functional only after the inputs were validated and normalised
         teacher_x/_y    both None (the teacher is the student itself, detached) or
                         M x D' and N x D' of x's dtype and device (never differentiated)
         teacher_scale   None (the student's scale, detached) or a 0-dim tensor, > 0
-        reduction       "mean" | "sum" | "none"
-        returns         the loss in float32 (float64 for float64 inputs): a 0-dim tensor,
-                        or (M,) for "none"; differentiable in x, y and scale
+        returns         the per-row losses l_i, (M,), float32 (float64 for float64 inputs),
+                        differentiable in x, y and scale, honouring per-row upstream gradients
 
-    psd_clip_loss(image, text, scale, alpha_image, alpha_text,
-                  teacher_image, teacher_text, teacher_scale, reduction)
-        the symmetric loss on one B x B matrix, positives on the diagonal:
-        "mean": 0.5 * (mean_i l_i(image->text) + mean_j l_j(text->image)),
-        "sum":  0.5 * (sum + sum), "none": a (2, B) tensor (row 0 image->text).
-        A backend may leave this out; functional then makes two psd_loss calls.
+    supports(device: torch.device, dtype: torch.dtype) -> str | None
+        None when the backend can run there, else the reason it cannot.
 
-and ``supports(device: torch.device, dtype: torch.dtype) -> str | None``: None when
-it can run there, else the reason it cannot.
+and optionally, where the backend has a faster kernel for them:
+
+    clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale)
+        (2, B) per-row losses of both directions on one B x B matrix with diagonal
+        positives; text rows use the teacher's column softmax. Without it the assembly
+        makes two psd_rows calls.
+    weighted_loss(x, y, ..., teacher_scale, weight) / clip_weighted_loss(image, ..., weight)
+        weight * (sum of the rows' losses) as a 0-dim tensor, e.g. with the gradient
+        computed in the forward sweep. Without them the assembly sums psd_rows / clip_rows.
+
+No backend imports another; reductions, teacher modes and the symmetric loss are built in
+psd_kernels.assembly alone.
 """
 from __future__ import annotations
 
@@ -42,8 +47,6 @@ _MODULES = {
     "cpp": "psd_kernels.cpp",
     "triton": "psd_kernels.triton_psd",
 }
-
-
 
 
 class BackendUnavailable(RuntimeError):

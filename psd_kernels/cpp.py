@@ -2,21 +2,23 @@
 
     loss = psd_kernels.psd_loss(x, y, logit_scale, alpha=0.3, backend="cpp")
 
-Layered as in ../shared/design/STYLE.md: the C++ ops check their inputs
-(TORCH_CHECK) and are registered with torch.library as
+Layered: the C++ ops check their inputs (TORCH_CHECK) and are registered with
+torch.library as
 
     psd::forward           per-row losses, no gradient work
     psd::backward          gradients for per-row upstream gradients (recomputes)
     psd::forward_backward  a weighted loss sum_i w_i l_i and its gradients in one pass
 
 This module adds their fake (meta) implementations, so torch.compile(fullgraph=True)
-traces them, and their autograd formulas, then exposes the backend contract of
-psd_kernels.backends (`psd_loss`, `psd_clip_loss`, `supports`).
+traces them, and their autograd formulas (docs/loss.md), then exposes the backend
+contract of psd_kernels.backends: per-row losses (`psd_rows`, `clip_rows`) and the
+weighted sums w * sum_i l_i that psd_kernels.assembly uses for the mean and sum
+reductions (`weighted_loss`, `clip_weighted_loss`), plus `supports`.
 
-Autograd and memory: for reduction "mean"/"sum" the upstream gradient is a scalar,
-so the forward runs forward_backward and keeps dx, dy, ds (O((M + N) D)); the
-backward only scales them. For reduction "none" the forward keeps only its inputs
-and the backward recomputes the statistics with the per-row upstream gradients.
+Autograd and memory: a weighted sum has a scalar upstream gradient, so its forward
+runs forward_backward and keeps dx, dy, ds (O((M + N) D)); the backward only scales
+them. Per-row losses keep only their inputs, and the backward recomputes the
+statistics with the per-row upstream gradients.
 Without grad mode (or when nothing requires grad) only psd::forward runs.
 Teacher tensors never receive a gradient. No double backward.
 
@@ -135,39 +137,48 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _weights(n: int, reduction: str, factor: float, like: torch.Tensor) -> torch.Tensor:
-    value = factor / n if reduction == "mean" else factor
-    return torch.full((n,), value, dtype=compute_dtype(like.dtype), device=like.device)
-
-
-def _run(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale, reduction, factor):
-    """Losses per `reduction`; `factor` weights each direction (0.5 for the symmetric loss)."""
-    args = (x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale)
-    if reduction != "none" and _needs_grad(x, y, scale):
-        w_row = _weights(x.shape[0], reduction, factor, x)
-        w_col = _weights(y.shape[0], reduction, factor, x) if alpha_col is not None else None
+def _run(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale, weight):
+    """Per-row losses (weight None: (M,), or (2, B) with column rows) or weight * their sum."""
+    args = (x, y, scale, alpha, labels, alpha_col, _detached(teacher_x), _detached(teacher_y),
+            _detached(teacher_scale))
+    if weight is not None and _needs_grad(x, y, scale):
+        acc = compute_dtype(x.dtype)
+        w_row = torch.full((x.shape[0],), weight, dtype=acc, device=x.device)
+        w_col = torch.full((y.shape[0],), weight, dtype=acc, device=x.device) if alpha_col is not None else None
         return _ops.forward_backward(*args, w_row, w_col)[0]
     rows, cols = _ops.forward(*args)
-    if reduction == "none":
+    if weight is None:
         return rows if alpha_col is None else torch.stack((rows, cols))
     total = rows.sum() if alpha_col is None else rows.sum() + cols.sum()
-    n = x.shape[0] if reduction == "mean" else 1
-    return factor * total / n
+    return weight * total
 
 
 def _detached(t):
     return None if t is None else t.detach()
 
 
-def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction):
-    """One direction of the PSD loss (backend contract of psd_kernels.backends)."""
-    return _run(x, y, scale, alpha, labels, None, _detached(teacher_x), _detached(teacher_y),
-                _detached(teacher_scale), reduction, 1.0)
+def psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale):
+    """Per-row losses of one direction (backend contract of psd_kernels.backends)."""
+    return _run(x, y, scale, alpha, labels, None, teacher_x, teacher_y, teacher_scale, None)
 
 
-def psd_clip_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,
-                  reduction):
-    """The symmetric loss on one B x B matrix in two sweeps over the rows (see csrc/psd_loss.cpp)."""
-    labels = torch.arange(image.shape[0], device=image.device)
-    return _run(image, text, scale, alpha_image, labels, alpha_text, _detached(teacher_image),
-                _detached(teacher_text), _detached(teacher_scale), reduction, 0.5)
+def weighted_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, weight):
+    """weight * sum_i l_i of one direction, its gradient computed in the same sweep."""
+    return _run(x, y, scale, alpha, labels, None, teacher_x, teacher_y, teacher_scale, weight)
+
+
+def _diagonal(image):
+    return torch.arange(image.shape[0], device=image.device)
+
+
+def clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale):
+    """(2, B) per-row losses on one B x B matrix in two sweeps over the rows (see csrc/psd_loss.cpp)."""
+    return _run(image, text, scale, alpha_image, _diagonal(image), alpha_text, teacher_image, teacher_text,
+                teacher_scale, None)
+
+
+def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,
+                       weight):
+    """weight * (sum of both directions' row losses) on one B x B matrix, gradients in the same sweeps."""
+    return _run(image, text, scale, alpha_image, _diagonal(image), alpha_text, teacher_image, teacher_text,
+                teacher_scale, weight)

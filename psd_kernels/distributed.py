@@ -45,11 +45,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from psd_kernels import validation
+from psd_kernels import assembly, validation
+from psd_kernels.assembly import TEACHER_MODES
 from psd_kernels.backends import resolve_backend
-from psd_kernels.symmetric import combine_directions
 
-TEACHER_MODES = ("cross", "within_modality")
 _DTYPES = validation.FLOAT_DTYPES
 
 
@@ -154,20 +153,14 @@ def gather_features(tensors, layout: Layout, group, gather_with_grad: bool, loca
 # -- the handshake: sizes, and agreement on everything the collectives depend on -------------
 _FIELDS = ("ok", "rows", "embedding dim", "dtype", "teacher embedding dim (-1: no teacher)",
            "local_loss", "gather_with_grad", "teacher_mode", "features requiring grad (gather_with_grad)",
-           "teacher used (some alpha > 0)")
+           "soft rows (some alpha > 0: the teacher is used)")
 _AGREE = range(2, len(_FIELDS) - 1)  # fields every rank must share; the last one is OR-ed
-
-
-def _teacher_used(args) -> bool:
-    """A teacher matters only for rows with alpha > 0 (reads alpha: one host sync on a GPU)."""
-    return args["teacher_image"] is not None and bool((args["alpha_image"] > 0).any()
-                                                      or (args["alpha_text"] > 0).any())
 
 
 def _handshake(args, error, rank, world, group, local_loss, gather_with_grad, teacher_mode):
     """All-gather one row of ints per rank; raise on every rank when a rank failed or ranks disagree.
 
-    Returns the Layout and whether any rank's rows use the teacher.
+    Returns the Layout and whether any rank's rows use the teacher (some alpha > 0).
     """
     if error is None:
         image, teacher = args["image"], args["teacher_image"]
@@ -175,7 +168,7 @@ def _handshake(args, error, rank, world, group, local_loss, gather_with_grad, te
                       and (image.requires_grad or args["text"].requires_grad))
         mine = [1, image.shape[0], image.shape[1], _DTYPES.index(image.dtype),
                 -1 if teacher is None else teacher.shape[1], int(local_loss), int(gather_with_grad),
-                TEACHER_MODES.index(teacher_mode), int(wants_grad), int(_teacher_used(args))]
+                TEACHER_MODES.index(teacher_mode), int(wants_grad), int(args["soft_rows"])]
     else:
         mine = [0] + [-1] * (len(_FIELDS) - 1)
     # a few ints: on the CPU where the group's backend can (gloo, mpi), else on this rank's GPU (nccl)
@@ -220,70 +213,49 @@ def psd_clip_loss_distributed(image_features, text_features, logit_scale, *, tea
     Every rank of the group must call this with the same options and dims (it raises on
     every rank otherwise) and, with gather_with_grad, must run the backward: the gradient
     exchange is a collective. Without torch.distributed it is psd_clip_loss on this batch.
-    Teacher tensors get no gradient.
+    Teacher tensors get no gradient. Host synchronisations per call: one for the value
+    checks (psd_kernels.validation) and, with more than one rank, one for the handshake.
     """
     rank, world = group_rank_size(process_group)
+    return clip_loss_in_group(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                              teacher_scale, alpha_image, alpha_text, teacher_mode, local_loss, gather_with_grad,
+                              process_group, rank, world, reduction, backend, check_finite)
+
+
+def clip_loss_in_group(image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
+                       alpha_image, alpha_text, teacher_mode, local_loss, gather_with_grad, process_group, rank,
+                       world, reduction="mean", backend="auto", check_finite=False) -> torch.Tensor:
+    """psd_clip_loss_distributed for this process as `rank` of `world` in `process_group`
+    (world 1: this batch alone, torch.distributed untouched). PSDLoss calls this directly."""
     args, module, error = None, None, None
     try:
-        if teacher_mode not in TEACHER_MODES:
-            raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {teacher_mode!r}")
+        assembly.check_teacher_mode(teacher_mode)
         args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
                                     teacher_scale, alpha_image, alpha_text, reduction, check_finite)
         module = resolve_backend(backend, args["image"].device, args["image"].dtype)
     except Exception as exc:  # re-raised after the handshake, so no peer waits in a collective
         error = exc
-    if world > 1:
-        layout, teacher_used = _handshake(args, error, rank, world, process_group, local_loss,
-                                          gather_with_grad, teacher_mode)
-    elif error is not None:
-        raise error
-    else:
-        layout, teacher_used = Layout(0, (args["image"].shape[0],)), _teacher_used(args)
+    if world == 1:
+        if error is not None:
+            raise error
+        return assembly.clip_loss(module, **args, teacher_mode=teacher_mode)
 
-    image, text, scale, t_scale = args["image"], args["text"], args["scale"], args["teacher_scale"]
+    layout, soft_rows = _handshake(args, error, rank, world, process_group, local_loss, gather_with_grad,
+                                   teacher_mode)
+    image, text = args["image"], args["text"]
     all_image, all_text = gather_features([image, text], layout, process_group, gather_with_grad, local_loss)
-    t_image, t_text = (args["teacher_image"], args["teacher_text"]) if teacher_used else (None, None)
-    if t_image is None:
-        all_t_image = all_t_text = None
-    elif world == 1:
-        all_t_image, all_t_text = t_image, t_text
-    else:
-        all_t_image, all_t_text = all_gather_rows([t_image, t_text], layout, process_group)
-
+    t_image, t_text = (args["teacher_image"], args["teacher_text"]) if soft_rows else (None, None)
+    all_t_image, all_t_text = (None, None) if t_image is None else \
+        all_gather_rows([t_image, t_text], layout, process_group)
+    common = dict(scale=args["scale"], teacher_scale=args["teacher_scale"], reduction=reduction,
+                  soft_rows=soft_rows, teacher_mode=teacher_mode)
     if local_loss:
-        rows = (image, text, t_image, t_text, args["alpha_image"], args["alpha_text"])
-        labels = torch.arange(layout.offset, layout.offset + layout.sizes[rank], device=image.device)
-    else:
-        alphas = [args["alpha_image"], args["alpha_text"]]
-        alpha_i, alpha_t = alphas if world == 1 else all_gather_rows(alphas, layout, process_group)
-        rows = (all_image, all_text, all_t_image, all_t_text, alpha_i, alpha_t)
-        labels = torch.arange(layout.total, device=image.device)
-        if teacher_mode == "cross" and hasattr(module, "psd_clip_loss"):
-            return module.psd_clip_loss(all_image, all_text, scale, alpha_i, alpha_t, all_t_image, all_t_text,
-                                        t_scale, reduction)
-    image_rows, text_rows = _directions(module, rows, all_image, all_text, all_t_image, all_t_text,
-                                        scale, t_scale, labels, teacher_mode,
-                                        "none" if reduction == "none" else "sum")
-    if reduction == "mean":
-        # local: (W / N) * sum over local rows, so the mean over ranks is the global mean
-        rows_per_rank = layout.total / layout.world if local_loss else layout.total
-        return 0.5 * (image_rows + text_rows) / rows_per_rank
-    return combine_directions(image_rows, text_rows, "none" if reduction == "none" else "sum")
-
-
-def _directions(module, rows, all_image, all_text, all_t_image, all_t_text, scale, t_scale, labels,
-                teacher_mode, reduction):
-    """image rows vs all texts and text rows vs all images, with each direction's teacher."""
-    image, text, t_image, t_text, alpha_image, alpha_text = rows
-    if teacher_mode == "cross":
-        # the teacher's image-text matrix: rows' teacher x~ against gathered y~ (None: self teacher)
-        teach_image_rows, teach_text_rows = (t_image, all_t_text), (t_text, all_t_image)
-    else:
-        # within-modality: caption-caption targets for image rows, image-image for caption rows
-        if t_image is None:
-            t_image, t_text, all_t_image, all_t_text = (image.detach(), text.detach(),
-                                                        all_image.detach(), all_text.detach())
-        teach_image_rows, teach_text_rows = (t_text, all_t_text), (t_image, all_t_image)
-    image_rows = module.psd_loss(image, all_text, scale, alpha_image, labels, *teach_image_rows, t_scale, reduction)
-    text_rows = module.psd_loss(text, all_image, scale, alpha_text, labels, *teach_text_rows, t_scale, reduction)
-    return image_rows, text_rows
+        # this rank's rows against all N columns; mean: (W / N) * sum over local rows, so the
+        # mean over ranks is the single-process mean
+        return assembly.clip_loss(module, image, text, alpha_image=args["alpha_image"],
+                                  alpha_text=args["alpha_text"], teacher_image=t_image, teacher_text=t_text,
+                                  columns=(all_image, all_text, all_t_image, all_t_text), offset=layout.offset,
+                                  n_mean=layout.total / layout.world, **common)
+    alpha_i, alpha_t = all_gather_rows([args["alpha_image"], args["alpha_text"]], layout, process_group)
+    return assembly.clip_loss(module, all_image, all_text, alpha_image=alpha_i, alpha_text=alpha_t,
+                              teacher_image=all_t_image, teacher_text=all_t_text, **common)

@@ -1,4 +1,4 @@
-"""Public loss functions: validate, pick a backend, call it.
+"""Public loss functions: validate, pick a backend, assemble the loss.
 
     loss = psd_loss(x, y, logit_scale, alpha=0.3)                  # one direction
     loss = psd_clip_loss(image_features, text_features, logit_scale, alpha_image=0.3)
@@ -6,15 +6,14 @@
 `backend` is "auto" (CPU tensors: the C++ op when built, else the reference;
 CUDA tensors: Triton, else the C++ CUDA op, else the reference), "reference",
 "cpp" or "triton". A named backend that is not built or cannot run on these
-inputs raises psd_kernels.BackendUnavailable saying why.
+inputs raises psd_kernels.BackendUnavailable saying why. The math: docs/loss.md.
 """
 from __future__ import annotations
 
 import torch
 
-from psd_kernels import validation
+from psd_kernels import assembly, validation
 from psd_kernels.backends import resolve_backend
-from psd_kernels.symmetric import clip_loss_from_directions
 
 
 def psd_loss(x, y, logit_scale, *, teacher_x=None, teacher_y=None, teacher_scale=None, alpha=0.0,
@@ -24,7 +23,7 @@ def psd_loss(x, y, logit_scale, *, teacher_x=None, teacher_y=None, teacher_scale
     l_i = LSE_j(S_ij) - (1 - alpha_i) S_{i,c_i} - alpha_i sum_j R_ij S_ij with
     S = logit_scale * x y^T and R = softmax of the teacher logits
     T = teacher_scale * teacher_x teacher_y^T (default: the student's own
-    embeddings and scale, detached). See ../shared/design/LOSS.md.
+    embeddings and scale, detached). See docs/loss.md.
 
     Args:
         x, y: row and column embeddings, float16/bfloat16/float32/float64, one device.
@@ -41,30 +40,37 @@ def psd_loss(x, y, logit_scale, *, teacher_x=None, teacher_y=None, teacher_scale
         check_finite: also reject NaN/Inf embeddings (one extra read of each input).
 
     Returns the loss in float32 (float64 for float64 inputs); gradients come back in
-    the input dtype.
+    the input dtype. Value checks read the device once per call (psd_kernels.validation).
 
     Note: with the student as its own teacher at the same scale, R = P and the gradient
     is exactly CLIP's scaled by (1 - alpha); only a different teacher (another scale,
-    an EMA or snapshot, a frozen model) changes training beyond a learning-rate factor.
+    an EMA or snapshot, a frozen model) changes training beyond a learning-rate factor
+    (docs/teachers.md).
     """
     args = validation.one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
                                     labels, offset, reduction, check_finite)
-    return resolve_backend(backend, args["x"].device, args["x"].dtype).psd_loss(**args)
+    module = resolve_backend(backend, args["x"].device, args["x"].dtype)
+    return assembly.psd_loss(module, **args)
 
 
 def psd_clip_loss(image_features, text_features, logit_scale, *, teacher_image=None, teacher_text=None,
-                  teacher_scale=None, alpha_image=0.0, alpha_text=None, reduction="mean", backend="auto",
-                  check_finite=False) -> torch.Tensor:
+                  teacher_scale=None, alpha_image=0.0, alpha_text=None, teacher_mode="cross", reduction="mean",
+                  backend="auto", check_finite=False) -> torch.Tensor:
     """Symmetric PSD loss on one B x B similarity matrix (pair i is image i with text i).
 
     mean: 0.5 * (mean_i l_i(image->text) + mean_j l_j(text->image)); sum: 0.5 * (sum + sum);
     none: a (2, B) tensor, row 0 the image rows, row 1 the text rows. With alpha = 0 this
-    is open_clip's ClipLoss. The text->image direction uses the teacher's column softmax
-    and its own alpha (`alpha_text`, default `alpha_image`). Other arguments as psd_loss.
+    is open_clip's ClipLoss. The text->image direction uses its own alpha (`alpha_text`,
+    default `alpha_image`).
+
+    teacher_mode: "cross" (default): the teacher's image-text matrix seen from both sides;
+    text rows use its column softmax. "within_modality": image rows get caption-caption
+    targets softmax(s~ <t~_i, t~_j>) and text rows image-image targets, from the teacher's
+    embeddings or, without them, the student's own, detached (docs/teachers.md).
+    Other arguments as psd_loss.
     """
+    assembly.check_teacher_mode(teacher_mode)
     args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
                                 teacher_scale, alpha_image, alpha_text, reduction, check_finite)
     module = resolve_backend(backend, args["image"].device, args["image"].dtype)
-    if hasattr(module, "psd_clip_loss"):
-        return module.psd_clip_loss(**args)
-    return clip_loss_from_directions(module.psd_loss, **args)
+    return assembly.clip_loss(module, **args, teacher_mode=teacher_mode)

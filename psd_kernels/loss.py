@@ -3,15 +3,21 @@
     loss_fn = PSDLoss(alpha_max=0.5, schedule="linear", ramp_steps=10_000, soft_fraction=0.5)
     loss = loss_fn(image_features, text_features, logit_scale.exp())
 
-It owns the alpha schedule and its step counter: every forward in training mode
-advances the step once, and state_dict() saves it (as extra state), so a resumed
-run draws the same alpha and the same soft subsets. With alpha_max = 0 it is
-open_clip's ClipLoss, computed by a fused backend when one is built.
+It owns the two PSD schedules (docs/schedules.md) and their step counter: alpha ramps
+towards alpha_max, and the soft fraction (the share of each direction's rows that get
+the soft target) follows its own schedule, e.g. the seed paper's 10% growing by 10% per
+epoch. Every forward in training mode advances the step once (or, with
+step_per_forward=False, every advance() call: gradient accumulation makes several loss
+calls per optimizer step). state_dict() saves the step and both schedules, so a resumed
+run draws the same alpha and the same soft subsets. With alpha_max = 0 it is open_clip's
+ClipLoss, computed by a fused backend when one is built.
 
-With world_size > 1 it is the distributed loss of psd_kernels.distributed (open_clip's
-local_loss / gather_with_grad semantics over `process_group`, default the world): each
-rank draws the soft subset of its own rows from its own stream (seed, rank, step,
-direction), so no two ranks share a draw; global mode all-gathers those per-row alphas.
+One forward path for every world size: psd_kernels.distributed's loss over
+`process_group` (a world of one is this batch alone). Each rank draws the soft subset of
+its own rows from its own stream (seed, rank, step, direction), so no two ranks share a
+draw; global mode all-gathers those per-row alphas. Per call: the inputs are validated
+once, and the value checks read the device once (none at a step where alpha is 0 and
+the scale is a float).
 """
 from __future__ import annotations
 
@@ -19,11 +25,9 @@ import torch
 from torch import nn
 
 from psd_kernels import validation
-from psd_kernels.distributed import group_rank_size, psd_clip_loss_distributed
-from psd_kernels.functional import psd_clip_loss, psd_loss
-from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS, AlphaSchedule, SoftSubset
-
-TEACHER_MODES = ("cross", "within_modality")
+from psd_kernels.assembly import check_teacher_mode
+from psd_kernels.distributed import clip_loss_in_group, group_rank_size
+from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS, AlphaSchedule, FractionSchedule, SoftSubset
 
 
 class PSDLoss(nn.Module):
@@ -33,7 +37,15 @@ class PSDLoss(nn.Module):
         alpha_max: the largest mixing weight, reached after `ramp_steps` (0 = plain CLIP).
         schedule: "linear", "cosine" or "constant" ramp of alpha (psd_kernels.schedule).
         ramp_steps: steps to reach alpha_max (0: alpha_max from the first step).
-        soft_fraction: fraction of rows in each direction that get the soft target.
+        soft_fraction: fraction of rows in each direction that get the soft target; with a
+            soft-fraction ramp, the fraction it ends at.
+        soft_fraction_start: the fraction at step 0 (None: soft_fraction, no ramp).
+        soft_fraction_schedule: "constant", "linear", "cosine" or "per_epoch" (one equal
+            rise at each epoch start; needs steps_per_epoch).
+        soft_fraction_ramp_steps: steps from soft_fraction_start to soft_fraction.
+        steps_per_epoch: optimizer steps per epoch (for "per_epoch").
+        step_per_forward: True: each training-mode forward is one step. False: the caller
+            calls advance() once per optimizer step (gradient accumulation).
         seed: seeds the soft-subset draws (together with the step, rank and direction).
         teacher_scale: a fixed teacher scale s~ (e.g. a lower temperature) used when the
             caller passes no teacher_logit_scale; None: the student's scale, detached.
@@ -57,19 +69,24 @@ class PSDLoss(nn.Module):
     """
 
     def __init__(self, alpha_max: float = 0.0, schedule: str = "linear", ramp_steps: int = 0,
-                 soft_fraction: float = 1.0, seed: int = 0, teacher_scale: float | None = None,
-                 teacher_mode: str = "cross", backend: str = "auto", local_loss: bool = False,
-                 gather_with_grad: bool = False, cache_labels: bool = False, rank: int = 0,
-                 world_size: int = 1, process_group=None):
+                 soft_fraction: float = 1.0, soft_fraction_start: float | None = None,
+                 soft_fraction_schedule: str = "constant", soft_fraction_ramp_steps: int = 0,
+                 steps_per_epoch: int | None = None, step_per_forward: bool = True, seed: int = 0,
+                 teacher_scale: float | None = None, teacher_mode: str = "cross", backend: str = "auto",
+                 local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
+                 rank: int = 0, world_size: int = 1, process_group=None):
         super().__init__()
-        if teacher_mode not in TEACHER_MODES:
-            raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {teacher_mode!r}")
+        check_teacher_mode(teacher_mode)
         if teacher_scale is not None and not teacher_scale > 0:
             raise ValueError(f"teacher_scale must be positive, got {teacher_scale!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.schedule = AlphaSchedule(schedule, alpha_max, ramp_steps)
-        self.subset = SoftSubset(soft_fraction, seed)
+        start = soft_fraction if soft_fraction_start is None else soft_fraction_start
+        self.fraction_schedule = FractionSchedule(soft_fraction_schedule, start, soft_fraction,
+                                                  soft_fraction_ramp_steps, steps_per_epoch)
+        self.subset = SoftSubset(self.fraction_schedule, seed)
+        self.step_per_forward = step_per_forward
         self.teacher_scale = teacher_scale
         self.teacher_mode = teacher_mode
         self.backend = backend
@@ -81,19 +98,34 @@ class PSDLoss(nn.Module):
         self.process_group = process_group
         self.step = 0
 
-    # -- the schedule ---------------------------------------------------------------------
+    # -- the schedules ---------------------------------------------------------------------
     def current_alpha(self) -> float:
         """alpha at the current step (before this step's forward advances it)."""
         return self.schedule(self.step)
 
-    def _row_alpha(self, alpha: float, rows: int, stream: int, like) -> torch.Tensor:
-        """alpha on this step's soft subset, 0 elsewhere, in the loss's accumulation dtype."""
+    def current_soft_fraction(self) -> float:
+        """The soft fraction at the current step."""
+        return self.fraction_schedule(self.step)
+
+    def advance(self, steps: int = 1) -> None:
+        """Move both schedules on by `steps` optimizer steps (for step_per_forward=False)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        self.step += steps
+
+    def _row_alpha(self, alpha: float, rows: int, stream: int, like: torch.Tensor):
+        """alpha on this step's soft subset, 0 elsewhere (a float 0 when no row is soft)."""
+        if alpha == 0.0 or self.subset.size(rows, self.step) == 0:
+            return 0.0
         mask = self.subset.mask(rows, self.step, stream, self.rank)
         return (mask.to(validation.compute_dtype(like.dtype)) * alpha).to(like.device)
 
     def get_extra_state(self) -> dict:
+        fraction = self.fraction_schedule
         return {"step": self.step, "schedule": self.schedule.kind, "alpha_max": self.schedule.alpha_max,
-                "ramp_steps": self.schedule.ramp_steps, "soft_fraction": self.subset.fraction,
+                "ramp_steps": self.schedule.ramp_steps, "soft_fraction": fraction.end,
+                "soft_fraction_start": fraction.start, "soft_fraction_schedule": fraction.kind,
+                "soft_fraction_ramp_steps": fraction.ramp_steps, "steps_per_epoch": fraction.steps_per_epoch,
                 "seed": self.subset.seed}
 
     def set_extra_state(self, state: dict) -> None:
@@ -116,40 +148,26 @@ class PSDLoss(nn.Module):
         if logit_bias is not None and torch.as_tensor(logit_bias).numel() != 1:
             raise ValueError("logit_bias must be a scalar: a per-logit bias would change the softmax, "
                              "which this loss does not model")
-        if self.world_size > 1:
-            loss = self._distributed(image_features, text_features, logit_scale, teacher_image, teacher_text,
-                                     teacher_scale)
-        else:
-            loss = self._single_process(image_features, text_features, logit_scale, teacher_image, teacher_text,
-                                        teacher_scale)
-        if self.training:
+        rank, world = self._group()
+        # alpha per row needs the row count; malformed features get alpha 0 here and are
+        # rejected by the loss's validation (after the distributed handshake, so peers raise too)
+        valid = isinstance(image_features, torch.Tensor) and image_features.dim() == 2
+        rows = image_features.shape[0] if valid else 0
+        alpha = self.current_alpha() if rows else 0.0
+        loss = clip_loss_in_group(
+            image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
+            self._row_alpha(alpha, rows, IMAGE_ROWS, image_features) if alpha else 0.0,
+            self._row_alpha(alpha, rows, TEXT_ROWS, image_features) if alpha else 0.0,
+            self.teacher_mode, self.local_loss, self.gather_with_grad, self.process_group, rank, world,
+            backend=self.backend)
+        if self.training and self.step_per_forward:
             self.step += 1
         return {"contrastive_loss": loss} if output_dict else loss
 
-    def _single_process(self, image_features, text_features, logit_scale, teacher_image, teacher_text,
-                        teacher_scale):
-        image_features = validation.matrix("image_features", image_features)
-        text_features = validation.matrix("text_features", text_features)
-        alpha = self.current_alpha()
-        rows = image_features.shape[0]
-        alpha_image = self._row_alpha(alpha, rows, IMAGE_ROWS, image_features)
-        alpha_text = self._row_alpha(alpha, rows, TEXT_ROWS, image_features)
-        if alpha == 0.0:
-            # Q is one-hot, so the teacher is unused; its shapes are still checked now, not first at alpha > 0.
-            validation.teacher_pair(teacher_image, teacher_text, image_features, text_features,
-                                    names=("image_features", "text_features", "teacher_image_features",
-                                           "teacher_text_features"))
-            teacher_image = teacher_text = teacher_scale = None
-        if self.teacher_mode == "cross":
-            return psd_clip_loss(image_features, text_features, logit_scale, teacher_image=teacher_image,
-                                 teacher_text=teacher_text, teacher_scale=teacher_scale,
-                                 alpha_image=alpha_image, alpha_text=alpha_text, backend=self.backend)
-        return self._within_modality(image_features, text_features, logit_scale, teacher_image,
-                                     teacher_text, teacher_scale, alpha_image, alpha_text)
-
-    def _distributed(self, image, text, logit_scale, teacher_image, teacher_text, teacher_scale):
-        """The loss across the process group; a malformed input is rejected inside the distributed
-        call, after every rank joined its handshake, so the peers raise too instead of waiting."""
+    def _group(self) -> tuple[int, int]:
+        """(rank, world size) of this loss: (0, 1) for world_size 1, else checked against the group."""
+        if self.world_size == 1:
+            return 0, 1
         rank, world = group_rank_size(self.process_group)
         if world == 1:
             raise RuntimeError(f"PSDLoss(world_size={self.world_size}) needs torch.distributed initialised "
@@ -157,28 +175,7 @@ class PSDLoss(nn.Module):
         if (rank, world) != (self.rank, self.world_size):
             raise ValueError(f"PSDLoss was built with rank={self.rank}, world_size={self.world_size} but this "
                              f"process is rank {rank} of {world} in its process group")
-        alpha = self.current_alpha()
-        valid = isinstance(image, torch.Tensor) and image.dim() == 2
-        like = image if valid else torch.zeros(0)
-        rows = image.shape[0] if valid else 0
-        # with alpha = 0 every rank's rows are one-hot, so no rank gathers the teacher (distributed.py)
-        return psd_clip_loss_distributed(
-            image, text, logit_scale, teacher_image=teacher_image, teacher_text=teacher_text,
-            teacher_scale=teacher_scale, alpha_image=self._row_alpha(alpha, rows, IMAGE_ROWS, like),
-            alpha_text=self._row_alpha(alpha, rows, TEXT_ROWS, like), teacher_mode=self.teacher_mode,
-            local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
-            process_group=self.process_group, backend=self.backend)
-
-    def _within_modality(self, image, text, logit_scale, teacher_image, teacher_text, teacher_scale,
-                         alpha_image, alpha_text):
-        """Image rows learn caption-caption targets, caption rows image-image targets."""
-        teacher_image = image.detach() if teacher_image is None else teacher_image
-        teacher_text = text.detach() if teacher_text is None else teacher_text
-        image_rows = psd_loss(image, text, logit_scale, teacher_x=teacher_text, teacher_y=teacher_text,
-                              teacher_scale=teacher_scale, alpha=alpha_image, backend=self.backend)
-        text_rows = psd_loss(text, image, logit_scale, teacher_x=teacher_image, teacher_y=teacher_image,
-                             teacher_scale=teacher_scale, alpha=alpha_text, backend=self.backend)
-        return 0.5 * (image_rows + text_rows)
+        return rank, world
 
 
 def _one_of(name, value, alias, alias_value):

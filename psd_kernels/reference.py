@@ -1,10 +1,11 @@
 """The exact, materialised PSD loss: the reference every fused backend is tested against.
 
-Implements ../shared/design/LOSS.md literally, holding the whole M x N logit
-matrix (so it needs O(M N) memory). Autograd differentiates it; the teacher
-softmax R is computed under no_grad, so teacher tensors never get a gradient.
-It follows the backend contract of psd_kernels.backends and runs in float64
-when given float64 inputs (what the tests use to prove the math).
+Implements the loss of docs/loss.md literally, holding the whole M x N logit matrix (so it
+needs O(M N) memory). Autograd differentiates it; the teacher softmax R is computed under
+no_grad, so teacher tensors never get a gradient. It follows the backend contract of
+psd_kernels.backends (per-row losses; psd_kernels.assembly reduces them and builds the
+symmetric loss from two directions) and runs in float64 when given float64 inputs (what
+the tests use to prove the math).
 
     S = s * x @ y^T,   T = s~ * x~ @ y~^T (or s~ * x @ y^T for a self teacher)
     Q_i = (1 - alpha_i) onehot(c_i) + alpha_i softmax(T_i)
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from psd_kernels.symmetric import clip_loss_from_directions
 from psd_kernels.validation import compute_dtype
 
 
@@ -24,16 +24,8 @@ def supports(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def reduce_rows(row_losses: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return row_losses.mean()
-    if reduction == "sum":
-        return row_losses.sum()
-    return row_losses
-
-
-def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction):
-    """One direction of the PSD loss (rows x against columns y); see the module docstring."""
+def psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale):
+    """Per-row losses l_i of rows x against columns y; see the module docstring."""
     ct = compute_dtype(x.dtype)
     d = x.to(ct) @ y.to(ct).T                      # M x N dot products
     s = scale.to(ct)
@@ -47,11 +39,4 @@ def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, re
         a = alpha.to(ct).unsqueeze(1)
         q = a * torch.softmax(t, dim=1)            # alpha_i R_ij
         q.scatter_add_(1, labels.unsqueeze(1), 1.0 - a)  # + (1 - alpha_i) onehot(c_i)
-    return reduce_rows(-(q * log_p).sum(dim=1), reduction)
-
-
-def psd_clip_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
-                  teacher_scale, reduction):
-    """Symmetric loss on one B x B matrix: image->text rows and text->image rows."""
-    return clip_loss_from_directions(psd_loss, image, text, scale, alpha_image, alpha_text,
-                                     teacher_image, teacher_text, teacher_scale, reduction)
+    return -(q * log_p).sum(dim=1)

@@ -1,4 +1,4 @@
-"""Triton kernels of the fused PSD loss (../shared/design/LOSS.md): forward and backward.
+"""Triton kernels of the fused PSD loss (docs/fused_algorithm.md): forward and backward.
 
 Both kernels see one generic problem: rows `a` (n_a x D) against columns `b`
 (n_b x D), S = s * a b^T, teacher logits T as selected by TEACHER:

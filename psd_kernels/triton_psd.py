@@ -1,7 +1,7 @@
 """The Triton backend of the PSD loss: host functions, one autograd Function, the backend contract.
 
-Implements ../shared/design/LOSS.md with the fused kernels of
-psd_kernels/triton_kernels.py.
+Implements the fused algorithm of docs/fused_algorithm.md with the kernels of
+psd_kernels/triton_kernels.py; returns per-row losses (psd_kernels.assembly reduces them).
 
 Forward: one sweep over column tiles per row block (split over columns when
 there are few row blocks), writing per-row partial statistics that are merged
@@ -37,7 +37,6 @@ import torch
 import triton
 
 from psd_kernels import triton_kernels as K
-from psd_kernels.reference import reduce_rows
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The backward holds BLOCK_M x BLOCK_D fp32 gradient rows in registers: D up to this
@@ -273,32 +272,27 @@ class _PSDFunction(torch.autograd.Function):
         return (dx if need_dx else None, dy, ds) + (None,) * 8
 
 
-def _teacher_mode(teacher_x, teacher_scale) -> int:
+def _teacher_args(teacher_x, teacher_y, teacher_scale):
+    """(TEACHER case, x~, y~, s~) for the kernels: 0 self at the same scale, 1 self at s~, 2 separate."""
     if teacher_x is not None:
-        return 2
-    return 0 if teacher_scale is None else 1
-
-
-def psd_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction):
-    """One direction, backend contract of psd_kernels.backends (fp32 loss, input-dtype grads)."""
-    teacher = _teacher_mode(teacher_x, teacher_scale)
+        teacher = 2
+    else:
+        teacher = 0 if teacher_scale is None else 1
     tx = teacher_x.detach().contiguous() if teacher == 2 else None
     ty = teacher_y.detach().contiguous() if teacher == 2 else None
     ts = None if teacher_scale is None else teacher_scale.float()
-    rows = _PSDFunction.apply(x.contiguous(), y.contiguous(), scale, alpha.contiguous(), alpha.contiguous(),
+    return teacher, tx, ty, ts
+
+
+def psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale):
+    """Per-row losses of one direction (backend contract of psd_kernels.backends), fp32."""
+    teacher, tx, ty, ts = _teacher_args(teacher_x, teacher_y, teacher_scale)
+    return _PSDFunction.apply(x.contiguous(), y.contiguous(), scale, alpha.contiguous(), alpha.contiguous(),
                               labels.contiguous(), tx, ty, ts, teacher, False)
-    return reduce_rows(rows, reduction)
 
 
-def psd_clip_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,
-                  reduction):
-    """Symmetric loss on one B x B matrix (diagonal positives), backend contract."""
-    teacher = _teacher_mode(teacher_image, teacher_scale)
-    ti = teacher_image.detach().contiguous() if teacher == 2 else None
-    tt = teacher_text.detach().contiguous() if teacher == 2 else None
-    ts = None if teacher_scale is None else teacher_scale.float()
-    rows = _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
+def clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale):
+    """(2, B) per-row losses of both directions on one B x B matrix (diagonal positives), one sweep."""
+    teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
+    return _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
                               alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
-    if reduction == "none":
-        return rows
-    return 0.5 * (reduce_rows(rows[0], reduction) + reduce_rows(rows[1], reduction))

@@ -1,12 +1,18 @@
 """Input checks and normalisation for the public loss functions.
 
-Every error names the argument and what was expected. Shape, dtype and device
-checks are free (metadata only) and always run. Value checks (scale > 0 and
-finite, alpha in [0, 1], labels in range) read the small tensors they check,
-which on a GPU costs one host synchronisation per call; they are skipped while
-torch.compile traces. `check_finite=True` also scans the embeddings for NaN/Inf:
-one extra full read of every embedding tensor plus a synchronisation, so it is
-off by default.
+Every error names the argument and what was expected. Shape, dtype and device checks
+are free (metadata only) and always run. Value checks on tensors (scale > 0 and finite,
+alpha in [0, 1], labels in range) and the one fact the assembly needs from the values
+(does any row have alpha > 0; if none does, every target is one-hot and the teacher is
+unused) are computed on the
+tensors' device and read back together: at most ONE host synchronisation per call
+(none when every checked value is a Python number). They are skipped while
+torch.compile traces (soft rows are then assumed). `check_finite=True` also scans
+the embeddings for NaN/Inf: one extra full read of every embedding tensor and one more
+synchronisation, so it is off by default.
+
+Each public call validates each argument exactly once: one_direction() for psd_loss,
+symmetric() for psd_clip_loss, the distributed loss and PSDLoss.
 """
 from __future__ import annotations
 
@@ -25,6 +31,39 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+class ValueChecks:
+    """Boolean facts about device tensors, read back to the host together (one synchronisation).
+
+    check(ok, error): `ok` a 0-dim bool tensor; `error()` builds the exception raised when it is False.
+    fact(value): a 0-dim bool tensor whose value the caller wants; returns its index in read().
+    """
+
+    def __init__(self):
+        self._flags, self._errors = [], []
+
+    def check(self, ok: torch.Tensor, error) -> None:
+        self._flags.append(ok)
+        self._errors.append(error)
+
+    def fact(self, value: torch.Tensor) -> int:
+        self._flags.append(value)
+        self._errors.append(None)
+        return len(self._flags) - 1
+
+    def read(self) -> list:
+        """Every flag as a bool (facts default to True while compiling); raise the first failed check."""
+        if not self._flags or _compiling():
+            return [True] * len(self._flags)
+        bits = torch.stack([f.reshape(()) for f in self._flags]).to(torch.int64)
+        weights = torch.ones_like(bits) << torch.arange(len(self._flags), device=bits.device)
+        code = int((bits * weights).sum())  # the one host synchronisation
+        values = [bool(code >> k & 1) for k in range(len(self._flags))]
+        for value, error in zip(values, self._errors):
+            if error is not None and not value:
+                raise error()
+        return values
 
 
 def matrix(name: str, t) -> torch.Tensor:
@@ -48,7 +87,7 @@ def _same_device_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Ten
         raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; cast them to one dtype")
 
 
-def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks) -> torch.Tensor:
     """A positive, finite 0-dim scale on `like`'s device (a float becomes a constant tensor)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -58,10 +97,9 @@ def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype) -> torch.Tenso
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
         scale = value.reshape(())
-        if not _compiling():
-            v = float(scale.detach())
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be positive and finite (the exponentiated logit scale), got {v}")
+        v = scale.detach()
+        checks.check(torch.isfinite(v) & (v > 0), lambda: ValueError(
+            f"{name} must be positive and finite (the exponentiated logit scale), got {float(v)}"))
         return scale
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
@@ -70,8 +108,11 @@ def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype) -> torch.Tenso
     return torch.tensor(float(value), dtype=ct, device=like.device)
 
 
-def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """alpha as a (rows,) tensor of the accumulation dtype, every entry in [0, 1]."""
+def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks):
+    """(alpha as a (rows,) tensor of the accumulation dtype, whether some entry may be > 0).
+
+    The second item is a bool when known on the host, else a 0-dim bool tensor for checks.fact.
+    """
     if isinstance(value, torch.Tensor):
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
@@ -83,18 +124,18 @@ def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype) -> 
             raise ValueError(f"{name} must be a scalar or have shape ({rows},) (one per row), "
                              f"got shape {tuple(value.shape)}")
         alpha = alpha.detach()
-        if not _compiling() and not bool(((alpha >= 0) & (alpha <= 1)).all()):
-            raise ValueError(f"{name} must lie in [0, 1] (NaN is not allowed), got values in "
-                             f"[{float(alpha.min())}, {float(alpha.max())}]")
-        return alpha
+        checks.check(((alpha >= 0) & (alpha <= 1)).all(), lambda: ValueError(
+            f"{name} must lie in [0, 1] (NaN is not allowed), got values in "
+            f"[{float(alpha.min())}, {float(alpha.max())}]"))
+        return alpha, (alpha > 0).any()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return torch.full((rows,), float(value), dtype=ct, device=like.device)
+    return torch.full((rows,), float(value), dtype=ct, device=like.device), value > 0
 
 
-def _labels(labels, offset: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+def _labels(labels, offset: int, rows: int, cols: int, like: torch.Tensor, checks: ValueChecks) -> torch.Tensor:
     """Positive column per row: explicit labels, or c_i = i + offset."""
     if labels is None:
         if isinstance(offset, bool) or not isinstance(offset, int):
@@ -113,9 +154,9 @@ def _labels(labels, offset: int, rows: int, cols: int, like: torch.Tensor) -> to
         raise ValueError(f"labels must have shape ({rows},) (one positive column per row), got {tuple(labels.shape)}")
     if labels.device != like.device:
         raise ValueError(f"labels is on {labels.device} but the embeddings are on {like.device}")
-    if not _compiling() and not bool(((labels >= 0) & (labels < cols)).all()):
-        raise ValueError(f"labels must lie in [0, {cols}) (column indices of y), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    checks.check(((labels >= 0) & (labels < cols)).all(), lambda: ValueError(
+        f"labels must lie in [0, {cols}) (column indices of y), got values in "
+        f"[{int(labels.min())}, {int(labels.max())}]"))
     return labels.long()
 
 
@@ -141,10 +182,10 @@ def teacher_pair(teacher_x, teacher_y, x, y, names=("x", "y", "teacher_x", "teac
     return teacher_x.detach(), teacher_y.detach()
 
 
-def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset,
-                  reduction, check_finite, names=("x", "y", "teacher_x", "teacher_y", "alpha")) -> dict:
-    """Validate one direction's arguments and return them in the backend contract's form."""
-    nx, ny, ntx, nty, nalpha = names
+def _embeddings(x, y, teacher_x, teacher_y, logit_scale, teacher_scale, reduction, check_finite, names,
+                checks: ValueChecks):
+    """The checks both call shapes share: student and teacher matrices, scales, reduction."""
+    nx, ny, ntx, nty = names
     x, y = matrix(nx, x), matrix(ny, y)
     _same_device_dtype(ny, y, nx, x)
     if y.shape[1] != x.shape[1]:
@@ -152,33 +193,67 @@ def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     ct = compute_dtype(x.dtype)
-    rows, cols = x.shape[0], y.shape[0]
-    teacher_x, teacher_y = teacher_pair(teacher_x, teacher_y, x, y, names=(nx, ny, ntx, nty))
-    scale = _scale("logit_scale", logit_scale, x, ct)
+    teacher_x, teacher_y = teacher_pair(teacher_x, teacher_y, x, y, names=names)
+    scale = _scale("logit_scale", logit_scale, x, ct, checks)
     if teacher_scale is not None:
-        teacher_scale = _scale("teacher_scale", teacher_scale, x, ct).detach()
+        teacher_scale = _scale("teacher_scale", teacher_scale, x, ct, checks).detach()
     if check_finite:
-        for name, t in ((nx, x), (ny, y), (ntx, teacher_x), (nty, teacher_y)):
+        for name, t in zip(names, (x, y, teacher_x, teacher_y)):
             if t is not None:
                 _finite(name, t)
-    return dict(x=x, y=y, scale=scale, alpha=_alpha(nalpha, alpha, rows, x, ct),
-                labels=_labels(labels, offset, rows, cols, x), teacher_x=teacher_x,
-                teacher_y=teacher_y, teacher_scale=teacher_scale, reduction=reduction)
+    return x, y, teacher_x, teacher_y, scale, teacher_scale, ct
+
+
+def _any_soft(checks: ValueChecks, *alpha_positive) -> int | bool:
+    """Whether some row has alpha > 0 (a soft target): a host bool, or the index of a fact to read.
+    Adds no synchronisation of its own: a tensor alpha is range-checked in the same read."""
+    if any(a is True for a in alpha_positive):
+        return True
+    device_facts = [a for a in alpha_positive if isinstance(a, torch.Tensor)]
+    if not device_facts:
+        return False
+    return checks.fact(torch.stack(device_facts).any())
+
+
+def _resolve(values: list, fact) -> bool:
+    return fact if isinstance(fact, bool) else values[fact]
+
+
+def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset,
+                  reduction, check_finite) -> dict:
+    """Validate psd_loss's arguments: the backend contract's arguments plus `soft_rows` (some alpha > 0)."""
+    checks = ValueChecks()
+    x, y, teacher_x, teacher_y, scale, teacher_scale, ct = _embeddings(
+        x, y, teacher_x, teacher_y, logit_scale, teacher_scale, reduction, check_finite,
+        ("x", "y", "teacher_x", "teacher_y"), checks)
+    rows, cols = x.shape[0], y.shape[0]
+    alpha, positive = _alpha("alpha", alpha, rows, x, ct, checks)
+    labels = _labels(labels, offset, rows, cols, x, checks)
+    soft = _any_soft(checks, positive)
+    values = checks.read()
+    return dict(x=x, y=y, scale=scale, alpha=alpha, labels=labels, teacher_x=teacher_x, teacher_y=teacher_y,
+                teacher_scale=teacher_scale, reduction=reduction, soft_rows=_resolve(values, soft))
 
 
 def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
               alpha_text, reduction, check_finite) -> dict:
-    """Validate the symmetric loss's arguments (one B x B matrix) into the backend contract's form."""
-    rows = matrix("image_features", image).shape[0]
-    if matrix("text_features", text).shape[0] != rows:
+    """Validate the symmetric loss's arguments (pairs: row i of image and of text) into the
+    backend contract's form, plus `soft_rows` (some row of either direction has alpha > 0)."""
+    checks = ValueChecks()
+    image, text, teacher_image, teacher_text, scale, teacher_scale, ct = _embeddings(
+        image, text, teacher_image, teacher_text, logit_scale, teacher_scale, reduction, check_finite,
+        ("image_features", "text_features", "teacher_image", "teacher_text"), checks)
+    rows = image.shape[0]
+    if text.shape[0] != rows:
         raise ValueError(f"image_features and text_features must have the same number of rows (pairs), "
                          f"got {rows} and {text.shape[0]}")
-    args = one_direction(image, text, logit_scale, teacher_image, teacher_text, teacher_scale,
-                         alpha_image, None, 0, reduction, check_finite,
-                         names=("image_features", "text_features", "teacher_image", "teacher_text", "alpha_image"))
-    image, text = args["x"], args["y"]
-    ct = args["alpha"].dtype
-    alpha_text = args["alpha"] if alpha_text is None else _alpha("alpha_text", alpha_text, text.shape[0], text, ct)
-    return dict(image=image, text=text, scale=args["scale"], alpha_image=args["alpha"], alpha_text=alpha_text,
-                teacher_image=args["teacher_x"], teacher_text=args["teacher_y"],
-                teacher_scale=args["teacher_scale"], reduction=reduction)
+    alpha_image, image_positive = _alpha("alpha_image", alpha_image, rows, image, ct, checks)
+    if alpha_text is None:
+        alpha_text, text_positive = alpha_image, image_positive
+    else:
+        alpha_text, text_positive = _alpha("alpha_text", alpha_text, rows, text, ct, checks)
+    soft = _any_soft(checks, image_positive, text_positive)
+    values = checks.read()
+    return dict(image=image, text=text, scale=scale, alpha_image=alpha_image, alpha_text=alpha_text,
+                teacher_image=teacher_image, teacher_text=teacher_text, teacher_scale=teacher_scale,
+                reduction=reduction, soft_rows=_resolve(values, soft))

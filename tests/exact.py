@@ -1,4 +1,4 @@
-"""The PSD loss and its gradients written out by hand in numpy float64 (LOSS.md, term by term).
+"""The PSD loss and its gradients written out by hand in numpy float64 (docs/loss.md, term by term).
 
 Independent of torch's softmax and autograd, so the reference is checked against the
 formulas themselves rather than against another implementation of them.

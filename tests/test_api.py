@@ -100,3 +100,45 @@ def test_teacher_shapes_are_checked_even_when_alpha_is_zero():
     with pytest.raises(ValueError, match="teacher shapes"):
         PSDLoss(alpha_max=0.5, ramp_steps=100)(img, txt, 3.0, teacher_image_features=torch.randn(7, 2, dtype=F64),
                                                teacher_text_features=torch.randn(8, 2, dtype=F64))
+
+
+def cpu_backends():
+    return [name for name, why_not in available_backends("cpu").items() if why_not is None]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("separate_teacher", [False, True])
+def test_psd_clip_loss_within_modality_is_two_one_direction_calls(backend, reduction, separate_teacher):
+    """teacher_mode="within_modality": image rows against caption-caption targets, caption rows
+    against image-image targets; loss and every gradient equal the two psd_loss calls."""
+    dtype = F64 if backend != "triton" else torch.float32
+    b, d = 11, 5
+    img, txt = (torch.randn(b, d, dtype=dtype, requires_grad=True) for _ in range(2))
+    scale = torch.tensor(4.0, dtype=dtype, requires_grad=True)
+    t_img, t_txt = (torch.randn(b, 3, dtype=dtype) for _ in range(2)) if separate_teacher else (None, None)
+    a_img, a_txt = torch.rand(b, dtype=dtype), torch.rand(b, dtype=dtype)
+    got = psd_clip_loss(img, txt, scale, teacher_image=t_img, teacher_text=t_txt, teacher_scale=6.0,
+                        alpha_image=a_img, alpha_text=a_txt, teacher_mode="within_modality", reduction=reduction,
+                        backend=backend)
+    weights = torch.rand(got.shape, dtype=got.dtype)
+    got_grads = torch.autograd.grad((got * weights).sum(), (img, txt, scale))
+    own_img = img.detach() if t_img is None else t_img
+    own_txt = txt.detach() if t_txt is None else t_txt
+    one = dict(teacher_scale=6.0, reduction="none", backend="reference")
+    rows = torch.stack([
+        psd_loss(img.double(), txt.double(), scale.double(), teacher_x=own_txt.double(), teacher_y=own_txt.double(),
+                 alpha=a_img.double(), **one),
+        psd_loss(txt.double(), img.double(), scale.double(), teacher_x=own_img.double(), teacher_y=own_img.double(),
+                 alpha=a_txt.double(), **one)])
+    want = {"none": rows, "sum": 0.5 * rows.sum(), "mean": 0.5 * rows.mean(dim=1).sum()}[reduction]
+    want_grads = torch.autograd.grad((want * weights.double()).sum(), (img, txt, scale))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.double(), want, **tol)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g.double(), w.double(), **tol)
+
+
+def test_teacher_mode_is_checked():
+    with pytest.raises(ValueError, match="teacher_mode must be one of"):
+        psd_clip_loss(torch.randn(3, 2), torch.randn(3, 2), 1.0, teacher_mode="mutual")

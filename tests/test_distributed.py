@@ -115,8 +115,8 @@ def reference_rows(inputs, case, alpha, detach_columns):
     labels = torch.arange(image.shape[0])
     alpha = alpha.to(torch.float64)
     rows = torch.stack([
-        reference.psd_loss(image, cols_text, scale, alpha[0], labels, *image_teacher, teacher_scale, "none"),
-        reference.psd_loss(text, cols_image, scale, alpha[1], labels, *text_teacher, teacher_scale, "none")])
+        reference.psd_rows(image, cols_text, scale, alpha[0], labels, *image_teacher, teacher_scale),
+        reference.psd_rows(text, cols_image, scale, alpha[1], labels, *text_teacher, teacher_scale)])
     return rows, (image, text, scale)
 
 
@@ -191,6 +191,38 @@ def test_functional_matches_single_process(ranks):
         assert len(members) == members[0]["group_size"] == len(inputs["sizes"])
         check_against_reference([m["out"] for m in members], inputs, case, inputs["alpha"], case["reduction"],
                                 describe(name, case))
+
+
+def test_within_modality_on_ranks_is_psd_clip_loss_on_the_whole_batch(ranks):
+    """teacher_mode="within_modality": the ranks' losses and feature gradients (groups of 2 and 3)
+    equal psd_clip_loss(teacher_mode="within_modality") on the concatenated batch, float64."""
+    group_sizes = set()
+    for name, members in cases(ranks, "functional").items():
+        case, inputs = members[0]["case"], members[0]["inputs"]
+        if case["teacher_mode"] != "within_modality" or not case["gather_with_grad"]:
+            continue
+        leaf = lambda key: inputs[key].detach().to(torch.float64).requires_grad_(True)
+        image, text = leaf("image"), leaf("text")
+        teacher = dict(teacher_image=inputs["teacher_image"].double(), teacher_text=inputs["teacher_text"].double()) \
+            if case["teacher"] else {}
+        whole = psd_clip_loss(image, text, inputs["scale"], teacher_scale=inputs["teacher_scale"],
+                              alpha_image=inputs["alpha"][0], alpha_text=inputs["alpha"][1],
+                              teacher_mode="within_modality", backend="reference", **teacher)
+        whole.backward()
+        outs, world, sizes = [m["out"] for m in members], len(members), inputs["sizes"]
+        tol = dict(rtol=1e-9, atol=1e-11) if outs[0]["loss"].dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+        where = describe(name, case)
+        if case["local_loss"]:  # the ranks' losses average to the whole batch's
+            close(sum(o["loss"].double() for o in outs) / world, whole.detach(), tol, f"{where}: loss")
+        else:
+            for r, o in enumerate(outs):
+                close(o["loss"].double(), whole.detach(), tol, f"{where}: rank {r} loss")
+        for r, o in enumerate(outs):  # gather_with_grad: W times the whole batch's gradient of its rows
+            lo, hi = sum(sizes[:r]), sum(sizes[:r + 1])
+            close(o["image"].double(), world * image.grad[lo:hi], tol, f"{where}: rank {r} image gradient")
+            close(o["text"].double(), world * text.grad[lo:hi], tol, f"{where}: rank {r} text gradient")
+        group_sizes.add(world)
+    assert group_sizes == {2, 3}, f"within-modality cases ran in groups of {sorted(group_sizes)}"
 
 
 def module_alpha(case, sizes, step, rank_of=lambda r: r):

@@ -1,4 +1,4 @@
-"""The reference against the hand-written formulas of LOSS.md, in float64.
+"""The reference against the hand-written formulas of docs/loss.md, in float64.
 
     .venv/bin/python -m pytest tests/test_reference.py
 """
@@ -108,7 +108,7 @@ def test_teacher_gets_no_gradient():
 
 @pytest.mark.parametrize("per_row_alpha", [True, False])
 def test_self_teacher_same_scale_is_scaled_clip_gradient(per_row_alpha):
-    """LOSS.md: a self teacher at the same scale gives G = (1 - alpha)(P - onehot)."""
+    """docs/teachers.md: a self teacher at the same scale gives G = (1 - alpha)(P - onehot)."""
     x, y, s, alpha, _, _ = make_case(9, 9, 5, "self", per_row_alpha)
     psd_loss(x, y, s, alpha=alpha, reduction="sum", backend="reference").backward()
     psd_grads = [t.grad.clone() for t in (x, y, s)]
@@ -158,7 +158,7 @@ def test_low_precision_inputs_accumulate_in_float32_and_return_input_dtype_grads
 
 def test_reference_backend_contract_module_runs_directly():
     x, y = torch.randn(3, 2, dtype=F64), torch.randn(4, 2, dtype=F64)
-    out = reference.psd_loss(x, y, torch.tensor(1.0, dtype=F64), torch.zeros(3, dtype=F64),
-                             torch.tensor([0, 3, 1]), None, None, None, "none")
+    out = reference.psd_rows(x, y, torch.tensor(1.0, dtype=F64), torch.zeros(3, dtype=F64),
+                             torch.tensor([0, 3, 1]), None, None, None)
     want = torch.nn.functional.cross_entropy(x @ y.T, torch.tensor([0, 3, 1]), reduction="none")
     torch.testing.assert_close(out, want, rtol=1e-14, atol=1e-14)

@@ -116,3 +116,62 @@ def test_psdloss_rejects_teacher_under_both_names_and_vector_bias():
                                 teacher_text_features=txt)
     with pytest.raises(ValueError, match="logit_bias must be a scalar"):
         PSDLoss()(img, txt, 2.0, logit_bias=torch.zeros(M, M))
+
+
+# -- validation runs once per call, and reads the device at most once --------------------------
+class CountDeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts aten::_local_scalar_dense: what .item(), float(t), int(t) and bool(t) of a tensor run
+    (a host synchronisation on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_matrix_checks(monkeypatch):
+    from psd_kernels import validation
+    seen = []
+    original = validation.matrix
+
+    def counting(name, t):
+        seen.append(name)
+        return original(name, t)
+
+    monkeypatch.setattr(validation, "matrix", counting)
+    return seen
+
+
+@pytest.mark.parametrize("teacher_mode", ["cross", "within_modality"])
+def test_psdloss_call_validates_each_input_once_and_reads_the_device_once(monkeypatch, teacher_mode):
+    b, d = 8, 4
+    img, txt = torch.randn(b, d, requires_grad=True), torch.randn(b, d, requires_grad=True)
+    t_img, t_txt = torch.randn(b, 3), torch.randn(b, 3)
+    scale = torch.tensor(5.0, requires_grad=True)
+    loss_fn = PSDLoss(alpha_max=0.4, schedule="constant", soft_fraction=0.5, teacher_mode=teacher_mode,
+                      backend="reference")
+    seen = count_matrix_checks(monkeypatch)
+    with CountDeviceReads() as mode:
+        loss = loss_fn(img, txt, scale, teacher_image_features=t_img, teacher_text_features=t_txt,
+                       teacher_logit_scale=torch.tensor(3.0))
+    assert sorted(seen) == ["image_features", "teacher_image", "teacher_text", "text_features"]
+    assert mode.reads == 1  # scale, teacher scale, both alphas and "some alpha > 0" in one read
+    loss.backward()
+
+
+def test_reads_are_skipped_when_every_checked_value_is_a_python_number():
+    with CountDeviceReads() as mode:
+        psd_clip_loss(torch.randn(5, 3), torch.randn(5, 3), 4.0, alpha_image=0.3, backend="reference")
+        psd_loss(torch.randn(5, 3), torch.randn(6, 3), 4.0, alpha=0.0, offset=1, backend="reference")
+    assert mode.reads == 0
+
+
+def test_one_read_for_all_value_checks_of_psd_loss():
+    with CountDeviceReads() as mode:
+        psd_loss(torch.randn(4, 3), torch.randn(6, 3), torch.tensor(2.0), alpha=torch.rand(4),
+                 labels=torch.tensor([0, 5, 2, 1]), teacher_scale=torch.tensor(3.0), backend="reference")
+    assert mode.reads == 1
