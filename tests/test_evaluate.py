@@ -12,7 +12,7 @@ import torch
 
 from psd_train.demo.corruptions import CORRUPTIONS
 from psd_train.demo.data import build_demo_data
-from psd_train.demo.evaluate import evaluate, recall_at_k
+from psd_train.demo.evaluate import evaluate, recall_at_k, training_set_metrics
 
 NUM_CLASSES = 10
 
@@ -109,12 +109,43 @@ def test_random_model_keys_ranges_determinism(data, tiny):
     b = evaluate(model, preprocess, tokenizer, data["root"], batch_size=100)
     names = [f"shift_{n}_top1" for n in CORRUPTIONS]
     expected = {"zeroshot_top1", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "linear_probe_top1",
-                *names, "shift_mean_top1"}
+                *names, "shift_mean_top1", "train_zeroshot_top1", "train_fit_r1", "memorised_r1", "swapped_true_r1"}
     assert set(a) == expected and model.training
     assert all(0.0 <= v <= 1.0 for v in a.values())
     assert a["i2t_r1"] <= a["i2t_r5"] <= a["i2t_r10"] and a["t2i_r1"] <= a["t2i_r5"] <= a["t2i_r10"]
     assert a["shift_mean_top1"] == pytest.approx(np.mean([a[n] for n in names]))
     assert a == pytest.approx(b, abs=1e-6)  # batching does not change the numbers
+
+
+def _swapped_data(n=8, seed=0):
+    """n training pairs with distinct true captions; rows 0-3 swapped cyclically (row takes row+1's)."""
+    g = torch.Generator().manual_seed(seed)
+    true_txt = torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=1)
+    swapped = [[0, 1], [1, 2], [2, 3], [3, 0]]
+    noisy_txt = true_txt.clone()
+    for row, src in swapped:
+        noisy_txt[row] = true_txt[src]
+    return true_txt, noisy_txt, swapped
+
+
+def test_training_set_metrics_tell_memorising_from_honest():
+    true_txt, noisy_txt, swapped = _swapped_data()
+    # an honest model embeds each image at its true caption: no swapped caption is retrieved
+    honest = training_set_metrics(true_txt, noisy_txt, swapped)
+    assert honest == {"train_fit_r1": 1.0, "memorised_r1": 0.0, "swapped_true_r1": 1.0}
+    # a model that memorised the training pairs embeds each image at its (noisy) caption
+    memoriser = training_set_metrics(noisy_txt, noisy_txt, swapped)
+    assert memoriser == {"train_fit_r1": 1.0, "memorised_r1": 1.0, "swapped_true_r1": 0.0}
+    # half memorised: rows 0 and 1 at their noisy caption, rows 2 and 3 at their true one
+    half = noisy_txt.clone()
+    half[2:4] = true_txt[2:4]
+    assert training_set_metrics(half, noisy_txt, swapped)["memorised_r1"] == 0.5
+
+
+def test_training_set_metrics_without_noise_are_nan():
+    true_txt, _, _ = _swapped_data()
+    out = training_set_metrics(true_txt, true_txt, [])
+    assert out["train_fit_r1"] == 1.0 and np.isnan(out["memorised_r1"]) and np.isnan(out["swapped_true_r1"])
 
 
 def test_evaluate_reports_missing_data(tmp_path, tiny):

@@ -13,6 +13,17 @@
     shift_<name>_top1    zero-shot top-1 on each corrupted copy of the test images
     shift_mean_top1      (psd_train.demo.corruptions) and their mean
 
+On the training set (what the model was fit to, with its noisy captions; meta.json's
+"swapped" rows say which captions were swapped in):
+    train_zeroshot_top1  zero-shot top-1 on the training images against their true classes
+    train_fit_r1         clean training pairs whose image ranks its own caption first among
+                         all training captions (how well the clean pairs are fit)
+    memorised_r1         swapped training pairs whose image ranks its swapped-in, wrong
+                         caption first among all training captions (memorised noise)
+    swapped_true_r1      swapped training images that rank their true caption (which another
+                         row now carries) first
+memorised_r1 and swapped_true_r1 are NaN on data without swapped captions.
+
 All accuracies are fractions in [0, 1]. The model is put in eval mode and restored.
 
 Run (a random psd-tiny, so about chance):
@@ -151,6 +162,31 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
         return float(((zt @ w + b).argmax(1).numpy() == test_y).mean())
 
 
+def training_set_metrics(img: torch.Tensor, txt: torch.Tensor, swapped) -> dict[str, float]:
+    """train_fit_r1, memorised_r1 and swapped_true_r1 (module docstring) from the training
+    images' and (noisy) captions' embeddings, row i = training pair i, and meta.json's
+    "swapped" list of (row, source row): row's caption is source row's true caption.
+    Ranks count only strictly higher scores, as recall_at_k does."""
+    n = len(img)
+    sim = img @ txt.T
+    rank = (sim > sim.diagonal()[:, None]).sum(dim=1)
+    pairs = torch.as_tensor(np.asarray(swapped, dtype=np.int64).reshape(-1, 2))
+    rows, src = pairs[:, 0], pairs[:, 1]
+    clean = torch.ones(n, dtype=torch.bool)
+    clean[rows] = False
+    nan = float("nan")
+    out = {"train_fit_r1": float((rank[clean] == 0).double().mean()) if clean.any() else nan,
+           "memorised_r1": nan, "swapped_true_r1": nan}
+    if len(pairs):
+        holder = torch.empty(n, dtype=torch.long)
+        holder[src] = rows  # the true caption of image src is now the caption of row `row`
+        true_col = holder[rows]
+        true_rank = (sim[rows] > sim[rows, true_col][:, None]).sum(dim=1)
+        out["memorised_r1"] = float((rank[rows] == 0).double().mean())
+        out["swapped_true_r1"] = float((true_rank == 0).double().mean())
+    return out
+
+
 def evaluate(model, preprocess, tokenizer, data_root, *, device="cpu", batch_size: int = 256,
              progress: bool = False) -> dict[str, float]:
     """All demo evaluations (see the module docstring) as {name: fraction}."""
@@ -182,6 +218,10 @@ def evaluate(model, preprocess, tokenizer, data_root, *, device="cpu", batch_siz
         train_img = encode_images(model, _pixels(data, preprocess, "train", lambda: train["images"]),
                                   desc="train images", **enc)
         out["linear_probe_top1"] = linear_probe(train_img, train["labels"], img, test["labels"])
+        train_labels = torch.as_tensor(train["labels"])
+        out["train_zeroshot_top1"] = float(((train_img @ classifier).argmax(dim=1) == train_labels).float().mean())
+        train_txt = encode_texts(model, tokenizer, train["titles"], **enc)
+        out.update(training_set_metrics(train_img, train_txt, meta["swapped"]))
 
         shifts = []
         for name, corrupt in CORRUPTIONS.items():

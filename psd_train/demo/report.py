@@ -2,10 +2,14 @@
 
     python -m psd_train.demo.report runs/sweep/results.csv          # the paired-seed tables (markdown)
 
-summarize(results_csv)  per noise level: each method's mean and spread (sample std over
-                        seeds) of every headline metric, then the paired differences to CLIP
+summarize(results_csv)  per data size and noise level: each method's mean and spread (sample
+                        std over seeds) of every headline metric, the paired differences to CLIP
                         (method minus CLIP on the same seed and data: mean, std and how many
-                        seeds the method won)
+                        seeds the method won) and, where clean-caption CLIP ran on the same
+                        seeds, how much of CLIP's noise gap each method wins back
+regime_tables(results_csv)  CLIP's noise gap over epochs (noisy minus clean CLIP, paired by
+                        seed, from each run's psd_metrics.csv), its peak, and the memorisation
+                        of swapped training pairs over epochs
 results_table(rows)     one table of several runs' final metrics (the demo prints it)
 plot_runs(runs, path)   loss curves, zero-shot accuracy per evaluation and the alpha schedule of
                         several runs (their psd_steps.csv and psd_metrics.csv) in one figure
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pandas as pd
 
 HEADLINE = {"zeroshot_top1": "zero-shot", "i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1",
@@ -26,6 +31,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _groups(frame: pd.DataFrame):
+    """(title, rows) per data size and noise level (the size only when there are several)."""
+    sizes = frame["n_train"].nunique() if "n_train" in frame.columns else 1
+    keys = ["n_train", "noise"] if sizes > 1 else ["noise"]
+    for key, rows in frame.groupby(keys):
+        key = key if isinstance(key, tuple) else (key,)
+        noise = key[-1]
+        title = (f"{int(key[0])} training images, " if sizes > 1 else "") + f"caption noise {noise:.0%}"
+        yield title, key, rows
+
+
 def summarize(results_csv: str, metrics=tuple(HEADLINE), baseline: str = "clip") -> str:
     """Markdown tables of a sweep's results.csv (see the module docstring). Values in percent."""
     if not os.path.isfile(results_csv):
@@ -34,9 +50,9 @@ def summarize(results_csv: str, metrics=tuple(HEADLINE), baseline: str = "clip")
     metrics = [m for m in metrics if m in frame.columns]
     order = list(dict.fromkeys(frame["method"]))
     out = []
-    for noise, at_noise in frame.groupby("noise"):
+    for title, key, at_noise in _groups(frame):
         seeds = sorted(int(s) for s in at_noise["seed"].unique())
-        out.append(f"\n### caption noise {noise:.0%}: mean ± std over seeds {seeds} (percent)\n")
+        out.append(f"\n### {title}: mean ± std over seeds {seeds} (percent)\n")
         out.append("| method | runs | " + " | ".join(HEADLINE[m] for m in metrics) + " |")
         out.append("|---|---|" + "---|" * len(metrics))
         for method in order:
@@ -65,6 +81,130 @@ def summarize(results_csv: str, metrics=tuple(HEADLINE), baseline: str = "clip")
                 spread = _pct(diff.std(ddof=1)) if len(diff) > 1 else "-"
                 cells.append(f"{100 * diff.mean():+.1f} ± {spread} ({int((diff > 0).sum())}/{len(diff)})")
             out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.extend(_gap_recovered(frame, key, at_noise, order, baseline))
+    return "\n".join(out)
+
+
+def _gap_recovered(frame, key, at_noise, order, baseline, metrics=("zeroshot_top1", "shift_mean_top1")) -> list[str]:
+    """Lines of a table: the share of the noise gap (clean CLIP - noisy CLIP, same seeds) each
+    method wins back, (method - noisy CLIP) / gap, from the seed means."""
+    if key[-1] == 0:
+        return []
+    clean = frame[(frame["noise"] == 0) & (frame["method"] == baseline)]
+    if len(key) > 1:
+        clean = clean[clean["n_train"] == key[0]]
+    clean = clean.set_index("seed")
+    base = at_noise[at_noise["method"] == baseline].set_index("seed")
+    seeds = clean.index.intersection(base.index)
+    metrics = [m for m in metrics if m in frame.columns]
+    if len(seeds) == 0 or not metrics:
+        return []
+    gaps = {m: clean.loc[seeds, m].mean() - base.loc[seeds, m].mean() for m in metrics}
+    out = [f"\nnoise gap (clean {baseline} - noisy {baseline}, seeds {sorted(int(s) for s in seeds)}): "
+           + ", ".join(f"{HEADLINE[m]} {100 * g:.1f} points" for m, g in gaps.items())
+           + "; share of it each method wins back (method - noisy CLIP) / gap:\n",
+           "| method | " + " | ".join(HEADLINE[m] for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for method in order:
+        rows = at_noise[at_noise["method"] == method].set_index("seed")
+        paired = rows.index.intersection(seeds)
+        if method == baseline or len(paired) == 0:
+            continue
+        cells = []
+        for m in metrics:
+            won = rows.loc[paired, m].mean() - base.loc[paired, m].mean()
+            cells.append(f"{100 * won / gaps[m]:+.0f}%" if gaps[m] > 0 else "-")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return out
+
+
+CURVE_METRICS = {"zeroshot_top1": "zero-shot", "i2t_r1": "i2t R@1", "shift_mean_top1": "shift (mean)",
+                 "train_zeroshot_top1": "train zero-shot"}
+
+
+def load_curves(results_csv: str, method: str = "clip") -> pd.DataFrame:
+    """The per-evaluation rows (psd_metrics.csv) of every finished run of `method` listed in a
+    sweep's results.csv, with its n_train, noise and seed."""
+    frame = pd.read_csv(results_csv)
+    logs = os.path.join(os.path.dirname(os.path.abspath(results_csv)), "logs")
+    parts = []
+    for r in frame[frame["method"] == method].itertuples():
+        n_train = int(getattr(r, "n_train"))
+        path = os.path.join(logs, f"{method}-n{n_train}-noise{r.noise}-seed{r.seed}", "psd_metrics.csv")
+        if os.path.isfile(path):
+            curve = pd.read_csv(path)
+            curve["n_train"], curve["noise"], curve["seed"] = n_train, r.noise, r.seed
+            parts.append(curve)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def regime_tables(results_csv: str, method: str = "clip", every: int = 5) -> str:
+    """CLIP's noise gap over epochs and its memorisation of swapped pairs (module docstring)."""
+    if not os.path.isfile(results_csv):
+        return f"(no results yet: {results_csv} does not exist)"
+    curves = load_curves(results_csv, method)
+    if curves.empty or (curves["noise"] == 0).sum() == 0:
+        return "(no per-epoch curves of clean-caption runs)"
+    out = []
+    for n_train, by_size in curves.groupby("n_train"):
+        clean = by_size[by_size["noise"] == 0].set_index(["seed", "epoch"])
+        last = int(by_size["epoch"].max())
+        noises = sorted(x for x in by_size["noise"].unique() if x > 0)
+        epochs = sorted(e for e in by_size["epoch"].unique() if e % every == 0 or e in (1, last))
+        metrics = [m for m in CURVE_METRICS if m in by_size.columns]
+        seeds = sorted(int(s) for s in by_size["seed"].unique())
+        out.append(f"\n### {method}, {n_train} training images: clean accuracy and noisy - clean gap over "
+                   f"epochs (points, mean ± std over seeds {seeds}, paired by seed)\n")
+        head = ["epoch"] + [f"{CURVE_METRICS[m]} clean" for m in metrics[:3]]
+        head += [f"{CURVE_METRICS[m]} gap {p:.0%}" for p in noises for m in metrics[:3]]
+        out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for e in epochs:
+            cells = [str(e)]
+            c = clean.xs(e, level="epoch") if e in clean.index.get_level_values("epoch") else None
+            for m in metrics[:3]:
+                cells.append("-" if c is None else f"{_pct(c[m].mean())} ± {_pct(c[m].std(ddof=1))}")
+            for p in noises:
+                noisy = by_size[(by_size["noise"] == p) & (by_size["epoch"] == e)].set_index("seed")
+                for m in metrics[:3]:
+                    if c is None or noisy.empty:
+                        cells.append("-")
+                        continue
+                    s = noisy.index.intersection(c.index)
+                    d = 100 * (noisy.loc[s, m] - c.loc[s, m])
+                    cells.append(f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}" if len(s) > 1 else f"{d.mean():+.1f}")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append(f"\n### {method}, {n_train} training images: peak and final held-out zero-shot, "
+                   "memorisation of the swapped training pairs (mean over seeds)\n")
+        out.append("| noise | peak zero-shot (epoch) | final zero-shot | final - peak | final shift (mean) | "
+                   "train zero-shot | clean pairs fit (R@1) | swapped pairs memorised (R@1, count) | "
+                   "swapped images retrieving their true caption |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for p, rows in by_size.groupby("noise"):
+            per_seed = rows.sort_values("epoch").groupby("seed")
+            peak = per_seed["zeroshot_top1"].max()
+            peak_epoch = per_seed.apply(lambda g: int(g.loc[g["zeroshot_top1"].idxmax(), "epoch"]),
+                                        include_groups=False)
+            final = per_seed.last()
+            n_swapped = int(round(p * n_train))
+            mem = final["memorised_r1"].mean() if "memorised_r1" in final else np.nan
+            cells = [f"{p:.0%}", f"{_pct(peak.mean())} ({', '.join(map(str, peak_epoch.tolist()))})",
+                     _pct(final["zeroshot_top1"].mean()), f"{100 * (final['zeroshot_top1'] - peak).mean():+.1f}",
+                     _pct(final["shift_mean_top1"].mean()),
+                     _pct(final["train_zeroshot_top1"].mean()) if "train_zeroshot_top1" in final else "-",
+                     _pct(final["train_fit_r1"].mean()) if "train_fit_r1" in final else "-",
+                     "-" if np.isnan(mem) else f"{_pct(mem)}% ({mem * n_swapped:.0f} of {n_swapped})",
+                     "-" if np.isnan(mem) else _pct(final["swapped_true_r1"].mean())]
+            out.append("| " + " | ".join(cells) + " |")
+        mem_rows = by_size[by_size["noise"] > 0]
+        if "memorised_r1" in by_size.columns and not mem_rows.empty:
+            out.append(f"\nswapped training pairs memorised (R@1 of the wrong caption, percent) over epochs:\n")
+            out.append("| epoch | " + " | ".join(f"noise {p:.0%}" for p in noises) + " |")
+            out.append("|---" * (1 + len(noises)) + "|")
+            for e in epochs:
+                cells = [str(e)]
+                for p in noises:
+                    v = mem_rows[(mem_rows["noise"] == p) & (mem_rows["epoch"] == e)]["memorised_r1"]
+                    cells.append(_pct(v.mean()) if len(v) else "-")
+                out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -79,8 +219,10 @@ def results_table(rows: dict[str, dict], metrics=None) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(runs: dict[str, str], path: str) -> str:
-    """Plot loss (smoothed), zero-shot accuracy and alpha against the step for each run's log dir."""
+def plot_runs(runs: dict[str, str], path: str, reference: dict[str, str] | None = None) -> str:
+    """Plot loss (smoothed), zero-shot accuracy and alpha against the step for each run's log dir.
+    reference: {label: log dir} of runs drawn as grey reference lines in the accuracy panel only
+    (e.g. CLIP on clean captions)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -96,6 +238,12 @@ def plot_runs(runs: dict[str, str], path: str) -> str:
             axes[1].plot(metrics["step"], 100 * metrics["zeroshot_top1"], marker="o", label=f"{label} zero-shot")
             axes[1].plot(metrics["step"], 100 * metrics["i2t_r1"], marker="x", linestyle="--",
                          label=f"{label} i2t R@1")
+    for label, log_dir in (reference or {}).items():
+        metrics_csv = os.path.join(log_dir, "psd_metrics.csv")
+        if os.path.isfile(metrics_csv):
+            metrics = pd.read_csv(metrics_csv)
+            axes[1].plot(metrics["step"], 100 * metrics["zeroshot_top1"], color="grey", linestyle=":", marker=".",
+                         label=f"{label} zero-shot")
     axes[0].set(title="training loss (each run's own objective, 10-step mean)", xlabel="step", ylabel="loss")
     axes[1].set(title="held-out accuracy", xlabel="step", ylabel="percent")
     axes[2].set(title="alpha schedule", xlabel="step", ylabel="alpha")
@@ -109,4 +257,6 @@ def plot_runs(runs: dict[str, str], path: str) -> str:
 
 
 if __name__ == "__main__":
-    print(summarize(sys.argv[1] if len(sys.argv) > 1 else "runs/sweep/results.csv"))
+    results = sys.argv[1] if len(sys.argv) > 1 else "runs/sweep/results.csv"
+    print(summarize(results))
+    print(regime_tables(results))

@@ -1,15 +1,30 @@
-"""The paired-seed comparison: CLIP vs each PSD teacher at several caption-noise levels.
+"""The paired-seed comparison: CLIP vs PSD teachers at several caption-noise levels and data sizes.
 
     python -m psd_train.sweep --out runs/sweep                 # run (resumable), then summarise
     python -m psd_train.sweep --out runs/sweep --summarize     # only the tables, from results.csv
+    python -m psd_train.sweep --out runs/regime --methods clip --n-train 2000 4000 --epochs 30 15
+                                                               # the noise regime: CLIP only, two sizes
 
-Every (seed, noise) pair gets its own demo data (the seed fixes the split, placement,
-templates and which captions are swapped) and every method trains on it from the same
-initialisation in the same batch order (psd_train seeds the model from --seed and each
-epoch from (--seed, epoch)), so methods are compared on paired seeds and the spread
-between seeds does not hide the difference between methods. Runs are ordered seed by
-seed and noise by noise, so an interrupted sweep leaves complete pairs; finished runs
-are rows of <out>/results.csv and are skipped when the sweep is started again.
+Every (data size, seed, noise) triple gets its own demo data (the seed fixes the split,
+placement, templates and which captions are swapped) and every method trains on it from
+the same initialisation in the same batch order (psd_train seeds the model from --seed and
+each epoch from (--seed, epoch)), so methods are compared on paired seeds and the spread
+between seeds does not hide the difference between methods. Runs are ordered size by size,
+seed by seed and noise by noise, CLIP first, so an interrupted sweep leaves complete pairs;
+finished runs are rows of <out>/results.csv and are skipped when the sweep is started again.
+Each run evaluates every --eval-every epochs (<out>/logs/<run>/psd_metrics.csv: the curves).
+
+Methods (METHODS; alpha is the soft-target weight of PSDLoss):
+    clip         plain CLIP (alpha = 0)
+    pskd         previous-epoch teacher, alpha ramping linearly to 0.8 over the run (PS-KD)
+    albef_ema    EMA teacher, momentum 0.995, alpha 0.4 reached after one epoch (ALBEF)
+    self_sharp   the student itself at a lower temperature (fixed teacher scale 30; the
+                 student's own scale stays near 14-19 here), alpha ramping to 0.5
+    born_again   a frozen teacher: the final checkpoint of this sweep's CLIP run on the same
+                 data and seed (open_clip's --distill-model psd-tiny --distill-pretrained CKPT),
+                 alpha 0.5 from the first step
+    self, self_scale7, ema, prev_epoch, within_modality
+                 the earlier short-budget teachers (alpha ramping to 0.3)
 """
 from __future__ import annotations
 
@@ -21,22 +36,33 @@ import sys
 import time
 
 from psd_train.demo.data import build_demo_data
-from psd_train.demo.model import TRAIN_FLAGS
-from psd_train.demo.report import summarize
-from psd_train.errors import run_command
+from psd_train.demo.model import DEMO_MODEL, TRAIN_FLAGS
+from psd_train.demo.report import regime_tables, summarize
+from psd_train.errors import FlagError, run_command
 from psd_train.main import main as train_main
 from psd_train.runlog import append_csv_rows
 
-# method -> its PSD flags. alpha ramps linearly from 0 to ALPHA over the run.
+# Stands for the final checkpoint of the CLIP run with the same data and seed.
+CLIP_CHECKPOINT = "{clip_checkpoint}"
+
+# method -> its PSD flags.
 ALPHA = "0.3"
 METHODS = {
     "clip": ["--psd-alpha-max", "0"],
+    "pskd": ["--psd-alpha-max", "0.8", "--psd-teacher", "prev_epoch"],
+    "albef_ema": ["--psd-alpha-max", "0.4", "--psd-teacher", "ema", "--psd-ema-momentum", "0.995",
+                  "--psd-ramp-epochs", "1"],
+    "self_sharp": ["--psd-alpha-max", "0.5", "--psd-teacher-scale", "30"],
+    "born_again": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--distill-model", DEMO_MODEL,
+                   "--distill-pretrained", CLIP_CHECKPOINT],
+    # the earlier short-budget teachers
     "self": ["--psd-alpha-max", ALPHA],
     "self_scale7": ["--psd-alpha-max", ALPHA, "--psd-teacher-scale", "7"],
     "ema": ["--psd-alpha-max", ALPHA, "--psd-teacher", "ema", "--psd-ema-momentum", "0.95"],
     "prev_epoch": ["--psd-alpha-max", ALPHA, "--psd-teacher", "prev_epoch"],
     "within_modality": ["--psd-alpha-max", ALPHA, "--psd-teacher-mode", "within_modality"],
 }
+DEFAULT_METHODS = ("clip", "pskd", "albef_ema", "self_sharp", "born_again")
 RESULTS = "results.csv"
 
 
@@ -53,39 +79,71 @@ def train_flags(data: dict, *, batch_size: int, epochs: int, lr: float, warmup: 
     return flags
 
 
+def method_flags(method: str, clip_checkpoint: str | None = None) -> list[str]:
+    """METHODS[method] with the CLIP checkpoint filled in (born_again)."""
+    flags = list(METHODS[method])
+    if CLIP_CHECKPOINT in flags:
+        if clip_checkpoint is None or not os.path.isfile(clip_checkpoint):
+            raise FlagError(f"method {method} needs the finished CLIP run of the same data and seed as its "
+                            f"teacher; {clip_checkpoint} does not exist (run --methods clip first)")
+        flags[flags.index(CLIP_CHECKPOINT)] = clip_checkpoint
+    return flags
+
+
+def run_name(method: str, n_train: int, noise: float, seed: int) -> str:
+    return f"{method}-n{n_train}-noise{noise}-seed{seed}"
+
+
 def done_runs(path: str) -> set:
     if not os.path.isfile(path):
         return set()
     with open(path) as f:
-        return {(r["method"], float(r["noise"]), int(r["seed"])) for r in csv.DictReader(f)}
+        return {(r["method"], int(r["n_train"]), float(r["noise"]), int(r["seed"])) for r in csv.DictReader(f)}
+
+
+def _epochs_per_size(a) -> dict[int, int]:
+    if len(a.epochs) not in (1, len(a.n_train)):
+        raise FlagError(f"--epochs takes one value or one per --n-train size ({len(a.n_train)}), got {a.epochs}")
+    epochs = a.epochs * len(a.n_train) if len(a.epochs) == 1 else a.epochs
+    return dict(zip(a.n_train, epochs))
 
 
 def run_sweep(a) -> None:
     results = os.path.join(a.out, RESULTS)
     done = done_runs(results)
-    methods = a.methods or list(METHODS)
-    total = len(a.seeds) * len(a.noise) * len(methods)
+    methods = a.methods or list(DEFAULT_METHODS)
+    methods = sorted(dict.fromkeys(methods), key=lambda m: m != "clip")  # CLIP first: born_again needs it
+    epochs_of = _epochs_per_size(a)
+    total = len(a.n_train) * len(a.seeds) * len(a.noise) * len(methods)
     count = 0
-    for seed in a.seeds:
-        for noise in a.noise:
-            data = build_demo_data(os.path.join(a.out, "data", f"noise{noise}_seed{seed}"), noise=noise, seed=seed,
-                                   n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, progress=False)
-            for method in methods:
-                count += 1
-                if (method, noise, seed) in done:
-                    continue
-                name = f"{method}-noise{noise}-seed{seed}"
-                shutil.rmtree(os.path.join(a.out, "logs", name), ignore_errors=True)  # a run cut off earlier
-                start = time.time()
-                print(f"[{count}/{total}] {name}", flush=True)
-                result = train_main([*train_flags(data, batch_size=a.batch_size, epochs=a.epochs, lr=a.lr,
-                                                  warmup=a.warmup, seed=seed, threads=a.threads),
-                                     *METHODS[method], "--logs", os.path.join(a.out, "logs"), "--name", name,
-                                     "--psd-quiet"])
-                row = {"method": method, "noise": noise, "seed": seed, "epochs": a.epochs, "n_train": a.n_train,
-                       "wall_s": round(time.time() - start, 1), **result["metrics"]}
-                append_csv_rows(results, tuple(row), [row])
-                print(f"    {row['wall_s']} s  zero-shot {row.get('zeroshot_top1', float('nan')):.3f}", flush=True)
+    logs = os.path.join(a.out, "logs")
+    for n_train in a.n_train:
+        for seed in a.seeds:
+            for noise in a.noise:
+                data = build_demo_data(os.path.join(a.out, "data", f"n{n_train}_noise{noise}_seed{seed}"),
+                                       noise=noise, seed=seed, n_train=n_train, n_val=a.n_val, n_test=a.n_test,
+                                       progress=False)
+                clip_checkpoint = os.path.join(logs, run_name("clip", n_train, noise, seed), "checkpoints",
+                                               "psd_latest.pt")
+                for method in methods:
+                    count += 1
+                    if (method, n_train, noise, seed) in done:
+                        continue
+                    name = run_name(method, n_train, noise, seed)
+                    flags = method_flags(method, clip_checkpoint)
+                    shutil.rmtree(os.path.join(logs, name), ignore_errors=True)  # a run cut off earlier
+                    start = time.time()
+                    print(f"[{count}/{total}] {name}", flush=True)
+                    result = train_main([*train_flags(data, batch_size=a.batch_size, epochs=epochs_of[n_train],
+                                                      lr=a.lr, warmup=a.warmup, seed=seed, threads=a.threads),
+                                         *flags, "--logs", logs, "--name", name, "--psd-quiet",
+                                         "--psd-eval-every", str(a.eval_every)])
+                    row = {"method": method, "noise": noise, "seed": seed, "epochs": epochs_of[n_train],
+                           "n_train": n_train, "lr": a.lr, "wall_s": round(time.time() - start, 1),
+                           **result["metrics"]}
+                    append_csv_rows(results, tuple(row), [row])
+                    print(f"    {row['wall_s']} s  zero-shot {row.get('zeroshot_top1', float('nan')):.3f}",
+                          flush=True)
 
 
 def main(argv=None) -> int:
@@ -93,21 +151,27 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 0.5])
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
-    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                   help=f"default: {' '.join(DEFAULT_METHODS)}")
+    p.add_argument("--n-train", type=int, nargs="+", default=[2000], help="training-set sizes")
     p.add_argument("--n-val", type=int, default=100)
     p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, nargs="+", default=[30],
+                   help="epochs: one value, or one per --n-train size (e.g. 30 15: the same steps)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (the curves)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 suits a shared machine)")
     p.add_argument("--summarize", action="store_true", help="only print the tables from results.csv")
     a = p.parse_args(argv)
+    if not a.summarize:
+        _epochs_per_size(a)
     os.makedirs(a.out, exist_ok=True)
     if not a.summarize:
         run_sweep(a)
     print(summarize(os.path.join(a.out, RESULTS)))
+    print(regime_tables(os.path.join(a.out, RESULTS)))
     return 0
 
 
