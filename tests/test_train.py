@@ -182,10 +182,14 @@ def test_summarize_pairs_methods_by_seed(tmp_path):
     assert "| psd | +3.5 ± 2.1 (2/2) |" in table
 
 
-def test_demo_quick(tmp_path):
+@pytest.mark.parametrize("parallel", ["--parallel", "--sequential"])
+def test_demo_quick(tmp_path, parallel):
     from psd_train.demo.run import main as demo_main
 
     out = demo_main(["--out", str(tmp_path), "--n-train", "64", "--n-test", "40", "--epochs", "1",
-                     "--batch-size", "16", "--eval-every", "1", "--threads", "1"])
-    assert set(out["metrics"]) == {"CLIP", "PSD (within_modality)"}
+                     "--batch-size", "16", "--eval-every", "1", "--threads", "1", parallel])
+    assert list(out["metrics"]) == ["CLIP (50% noisy captions)", "PSD born_again (50% noisy captions)",
+                                    "CLIP (clean captions)"]
     assert os.path.getsize(out["plot"]) > 10_000
+    params = (tmp_path / "logs" / "born_again" / "params.txt").read_text()
+    assert f"distill_pretrained: {tmp_path / 'logs' / 'clip' / 'checkpoints' / 'psd_latest.pt'}" in params

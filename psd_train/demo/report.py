@@ -25,6 +25,10 @@ import pandas as pd
 HEADLINE = {"zeroshot_top1": "zero-shot", "i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1",
             "i2t_r5": "i2t R@5", "t2i_r5": "t2i R@5", "linear_probe_top1": "linear probe",
             "shift_mean_top1": "shift (mean)"}
+# Further columns of the tables: the share of swapped training pairs memorised (lower is better).
+EXTRA = {"memorised_r1": "memorised"}
+LOWER_IS_BETTER = {"memorised_r1"}
+LABELS = {**HEADLINE, **EXTRA}
 
 
 def _pct(x: float) -> str:
@@ -42,7 +46,7 @@ def _groups(frame: pd.DataFrame):
         yield title, key, rows
 
 
-def summarize(results_csv: str, metrics=tuple(HEADLINE), baseline: str = "clip") -> str:
+def summarize(results_csv: str, metrics=tuple(LABELS), baseline: str = "clip") -> str:
     """Markdown tables of a sweep's results.csv (see the module docstring). Values in percent."""
     if not os.path.isfile(results_csv):
         return f"(no results yet: {results_csv} does not exist)"
@@ -53,20 +57,22 @@ def summarize(results_csv: str, metrics=tuple(HEADLINE), baseline: str = "clip")
     for title, key, at_noise in _groups(frame):
         seeds = sorted(int(s) for s in at_noise["seed"].unique())
         out.append(f"\n### {title}: mean ± std over seeds {seeds} (percent)\n")
-        out.append("| method | runs | " + " | ".join(HEADLINE[m] for m in metrics) + " |")
+        out.append("| method | runs | " + " | ".join(LABELS[m] for m in metrics) + " |")
         out.append("|---|---|" + "---|" * len(metrics))
         for method in order:
             rows = at_noise[at_noise["method"] == method]
             if rows.empty:
                 continue
-            cells = [f"{_pct(rows[m].mean())} ± {_pct(rows[m].std(ddof=1)) if len(rows) > 1 else '-'}" for m in metrics]
+            cells = ["-" if rows[m].isna().all() else
+                     f"{_pct(rows[m].mean())} ± {_pct(rows[m].std(ddof=1)) if rows[m].count() > 1 else '-'}"
+                     for m in metrics]
             out.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
         base = at_noise[at_noise["method"] == baseline].set_index("seed")
         if base.empty:
             continue
         out.append(f"\npaired difference to {baseline} (method - {baseline}, same seed and data): "
-                   "mean ± std, seeds won / paired\n")
-        out.append("| method | " + " | ".join(HEADLINE[m] for m in metrics) + " |")
+                   "mean ± std, seeds won / paired (for memorised, won means lower)\n")
+        out.append("| method | " + " | ".join(LABELS[m] for m in metrics) + " |")
         out.append("|---|" + "---|" * len(metrics))
         for method in order:
             if method == baseline:
@@ -78,8 +84,13 @@ def summarize(results_csv: str, metrics=tuple(HEADLINE), baseline: str = "clip")
             cells = []
             for m in metrics:
                 diff = rows.loc[paired, m] - base.loc[paired, m]
+                diff = diff.dropna()
+                if diff.empty:
+                    cells.append("-")
+                    continue
                 spread = _pct(diff.std(ddof=1)) if len(diff) > 1 else "-"
-                cells.append(f"{100 * diff.mean():+.1f} ± {spread} ({int((diff > 0).sum())}/{len(diff)})")
+                won = int((diff < 0).sum()) if m in LOWER_IS_BETTER else int((diff > 0).sum())
+                cells.append(f"{100 * diff.mean():+.1f} ± {spread} ({won}/{len(diff)})")
             out.append(f"| {method} | " + " | ".join(cells) + " |")
         out.extend(_gap_recovered(frame, key, at_noise, order, baseline))
     return "\n".join(out)
@@ -212,7 +223,7 @@ def results_table(rows: dict[str, dict], metrics=None) -> str:
     """A markdown table: one row per run label, one column per metric (percent)."""
     if metrics is None:
         metrics = [k for k in next(iter(rows.values()))]
-    head = "| run | " + " | ".join(HEADLINE.get(m, m.replace("_top1", "")) for m in metrics) + " |"
+    head = "| run | " + " | ".join(LABELS.get(m, m.replace("_top1", "")) for m in metrics) + " |"
     lines = [head, "|---|" + "---|" * len(metrics)]
     for label, values in rows.items():
         lines.append(f"| {label} | " + " | ".join(_pct(values[m]) if m in values else "-" for m in metrics) + " |")

@@ -1,30 +1,38 @@
-"""`make demo`: build the noisy demo data, train CLIP and PSD on it on CPU, compare them.
+"""`make demo`: CLIP on clean and on noisy captions, and a PSD teacher on the noisy ones, on CPU.
 
-    .venv/bin/python -m psd_train.demo                    # 3.7 minutes measured on a shared 2-core machine
-    .venv/bin/python -m psd_train.demo --epochs 2 --n-train 1000   # a quick look
+    .venv/bin/python -m psd_train.demo                    # a few minutes on 2 cores (README: measured)
+    .venv/bin/python -m psd_train.demo --epochs 2 --n-train 500   # a quick look
 
-Steps (each with a progress bar): build the captioned-MNIST demo data with 50% of the
-training captions swapped between images (psd_train.demo.data), train psd-tiny with the
-plain CLIP loss (alpha = 0), train it again from the same initialisation, in the same batch
-order, with PSD, evaluate both (zero-shot, retrieval, linear probe, distribution shift;
-psd_train.demo.evaluate), print the table and save a plot of the loss and accuracy curves and
-the alpha schedule. Everything lands under --out (default runs/demo): the data, each run's
-open_clip_train log, TensorBoard events, psd_steps.csv / psd_metrics.csv and checkpoints.
-One seed is one draw: runs/ of `python -m psd_train.sweep` holds the paired-seed comparison.
+Steps: build the captioned-MNIST demo data twice from one seed, once with clean captions and
+once with 50% of the training captions swapped between images (psd_train.demo.data; same
+images, same clean captions); train psd-tiny with the plain CLIP loss on both (two processes
+side by side when the machine has two free cores); then train it on the noisy captions with
+a PSD teacher (default born_again: the noisy CLIP run's final checkpoint as a frozen
+teacher), from the same initialisation in the same batch order. Each run is evaluated
+(zero-shot, retrieval, linear probe, distribution shift, memorisation of the swapped training
+pairs; psd_train.demo.evaluate); the demo prints the table and saves a plot of the loss and
+accuracy curves (clean-caption CLIP as the reference line) and the alpha schedule. Everything
+lands under --out (default runs/demo): the data, each run's open_clip_train log, TensorBoard
+events, psd_steps.csv / psd_metrics.csv and checkpoints.
+One seed is one draw: `python -m psd_train.sweep` gives the paired-seed comparison (README).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from psd_train.demo.data import build_demo_data
 from psd_train.demo.report import plot_runs, results_table
-from psd_train.demo.sweep import METHODS, train_flags
+from psd_train.demo.sweep import METHODS, method_flags, train_flags
 from psd_train.main import main as train_main
 
-TABLE_METRICS = ("zeroshot_top1", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "linear_probe_top1", "shift_mean_top1")
+TABLE_METRICS = ("zeroshot_top1", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "linear_probe_top1", "shift_mean_top1",
+                 "memorised_r1")
+DEFAULT_METHOD = "born_again"
 
 
 def _threads(requested: int | None) -> int | None:
@@ -35,50 +43,98 @@ def _threads(requested: int | None) -> int | None:
     return 1 if os.getloadavg()[0] > 1.0 else None
 
 
+def _parallel(requested: bool | None) -> bool:
+    """Train the two CLIP runs side by side: when asked, or by default when two cores are free."""
+    if requested is not None:
+        return requested
+    return (os.cpu_count() or 1) >= 2 and os.getloadavg()[0] < 1.0
+
+
+def _train(argv: list[str]) -> dict:
+    return train_main(argv)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m psd_train.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--noise", type=float, default=0.5, help="fraction of training captions swapped")
-    p.add_argument("--method", choices=[m for m in METHODS if m != "clip"], default="within_modality",
+    p.add_argument("--method", choices=[m for m in METHODS if m != "clip"], default=DEFAULT_METHOD,
                    help="the PSD teacher to compare with CLIP (psd_train.demo.sweep.METHODS)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--n-train", type=int, default=4000)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--eval-every", type=int, default=2, help="epochs between evaluations (curves)")
+    p.add_argument("--eval-every", type=int, default=4, help="epochs between evaluations (curves)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on a busy machine)")
+    p.add_argument("--no-clean-reference", dest="clean_reference", action="store_false",
+                   help="skip CLIP on clean captions (the reference line)")
+    parallel = p.add_mutually_exclusive_group()
+    parallel.add_argument("--parallel", dest="parallel", action="store_true", default=None,
+                          help="train the two CLIP runs in two processes at once (default: when 2 cores are free)")
+    parallel.add_argument("--sequential", dest="parallel", action="store_false")
     a = p.parse_args(argv)
 
     start = time.time()
     threads = _threads(a.threads)
-    print(f"[1/4] demo data: {a.n_train} captioned MNIST digits, {a.noise:.0%} of the captions swapped "
-          f"-> {a.out}/data", flush=True)
+    print(f"[1/4] demo data (seed {a.seed}): {a.n_train} captioned MNIST digits, clean captions and "
+          f"{a.noise:.0%} of the captions swapped -> {a.out}/data, {a.out}/data_clean", flush=True)
     data = build_demo_data(os.path.join(a.out, "data"), noise=a.noise, seed=a.seed, n_train=a.n_train,
                            n_val=100, n_test=a.n_test, progress=True)
-    runs = {"CLIP": "clip", f"PSD ({a.method})": a.method}
+    clean = build_demo_data(os.path.join(a.out, "data_clean"), noise=0.0, seed=a.seed, n_train=a.n_train,
+                            n_val=100, n_test=a.n_test, progress=False) if a.clean_reference else None
     logs = os.path.join(a.out, "logs")
-    metrics, log_dirs = {}, {}
-    for i, (label, method) in enumerate(runs.items(), start=2):
-        print(f"[{i}/4] training {label}: psd-tiny, {a.epochs} epochs, batch {a.batch_size}, "
-              f"flags {' '.join(METHODS[method])}" + (f", {threads} thread" if threads else ""), flush=True)
-        shutil.rmtree(os.path.join(logs, method), ignore_errors=True)  # the demo starts afresh each time
-        result = train_main([*train_flags(data, batch_size=a.batch_size, epochs=a.epochs, lr=a.lr,
-                                          warmup=a.warmup, seed=a.seed, threads=threads),
-                             *METHODS[method], "--logs", logs, "--name", method, "--psd-quiet",
-                             "--psd-progress", "--psd-eval-every", str(a.eval_every)])
-        metrics[label], log_dirs[label] = result["metrics"], result["log_dir"]
+    common = dict(batch_size=a.batch_size, epochs=a.epochs, lr=a.lr, warmup=a.warmup, seed=a.seed)
+    noisy_label, clean_label = f"CLIP ({a.noise:.0%} noisy captions)", "CLIP (clean captions)"
+    method_label = f"PSD {a.method} ({a.noise:.0%} noisy captions)"
 
-    plot = plot_runs(log_dirs, os.path.join(a.out, "demo.png"))
-    print(f"\n[4/4] results on {a.n_test} held-out digits (percent; one seed, caption noise {a.noise:.0%}):\n")
+    def argv_of(run_data, name, flags, run_threads, progress):
+        shutil.rmtree(os.path.join(logs, name), ignore_errors=True)  # the demo starts afresh each time
+        return [*train_flags(run_data, threads=run_threads, **common), *flags, "--logs", logs, "--name", name,
+                "--psd-quiet", "--psd-eval-every", str(a.eval_every), *(["--psd-progress"] if progress else [])]
+
+    clip_runs = {noisy_label: (data, "clip")}
+    if clean is not None:
+        clip_runs[clean_label] = (clean, "clip_clean")
+    side_by_side = len(clip_runs) > 1 and _parallel(a.parallel)
+    print(f"[2/4] training CLIP: psd-tiny, {a.epochs} epochs of {a.n_train} images, batch {a.batch_size}, "
+          f"lr {a.lr}; " + (" and ".join(clip_runs) + " in two processes side by side (1 thread each)"
+                            if side_by_side else ", then ".join(clip_runs)), flush=True)
+    results = {}
+    if side_by_side:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            futures = {label: pool.submit(_train, argv_of(d, name, METHODS["clip"], 1, False))
+                       for label, (d, name) in clip_runs.items()}
+            for label, future in futures.items():
+                results[label] = future.result()
+                print(f"      {label}: zero-shot {100 * results[label]['metrics']['zeroshot_top1']:.1f}% "
+                      f"({time.time() - start:.0f} s)", flush=True)
+    else:
+        for label, (d, name) in clip_runs.items():
+            results[label] = train_main(argv_of(d, name, METHODS["clip"], threads, True))
+
+    clip_checkpoint = results[noisy_label]["checkpoint"]
+    print(f"[3/4] training {method_label}: flags {' '.join(method_flags(a.method, clip_checkpoint))}"
+          + (f", {threads} thread" if threads else ""), flush=True)
+    results[method_label] = train_main(argv_of(data, a.method, method_flags(a.method, clip_checkpoint), threads, True))
+
+    order = [noisy_label, method_label] + ([clean_label] if clean is not None else [])
+    metrics = {label: results[label]["metrics"] for label in order}
+    log_dirs = {label: results[label]["log_dir"] for label in (noisy_label, method_label)}
+    reference = {clean_label: results[clean_label]["log_dir"]} if clean is not None else None
+    plot = plot_runs(log_dirs, os.path.join(a.out, "demo.png"), reference=reference)
+    print(f"\n[4/4] results on {a.n_test} held-out digits (percent). Seed {a.seed}: one seed is one draw of "
+          f"data, initialisation and batch order; the README gives the paired results over seeds.\n")
     print(results_table(metrics, TABLE_METRICS))
-    shifts = sorted(k for k in next(iter(metrics.values())) if k.startswith("shift_") and k != "shift_mean_top1")
+    print(f"\n(memorised: of the {data['noise_rows']} swapped training pairs, the share whose image ranks its "
+          f"wrong caption first among all {a.n_train} training captions)")
+    shifts = sorted(k for k in metrics[noisy_label] if k.startswith("shift_") and k != "shift_mean_top1")
     print("\nzero-shot under each distribution shift (percent):\n")
     print(results_table(metrics, shifts))
     print(f"\nplot: {plot}\nlogs: {logs}/<run>/ (out.log, psd_steps.csv, psd_metrics.csv, tensorboard/, "
           f"checkpoints/)\nTensorBoard: .venv/bin/tensorboard --logdir {logs}\n"
           f"total time {time.time() - start:.0f} s")
-    return {"metrics": metrics, "plot": plot, "log_dirs": log_dirs}
-
+    return {"metrics": metrics, "plot": plot, "log_dirs": {**log_dirs, **(reference or {})}}
