@@ -1,6 +1,7 @@
 """Installs psd_kernels and psd_train, and builds the extension psd_kernels._C.
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -e .             # psd_kernels' needs only: torch, numpy
+    pip install --no-build-isolation -e ".[train]"    # + what psd_train and its demo need (open_clip_torch, ...)
 
 The CPU part of psd_kernels._C is always built. The CUDA part is added when a
 CUDA toolkit is found and torch was built with CUDA. Environment flags:
@@ -131,6 +132,12 @@ def extension_and_record():
     return ext, cpp_extension.BuildExtension.with_options(use_ninja=True), record
 
 
+# What psd_train and its demo import beyond psd_kernels' torch and numpy: pip install ".[train]".
+# The ranges hold the versions requirements.txt pins (tests/test_packaging.py checks it);
+# torchvision comes with open_clip_torch, matched to the installed torch.
+TRAIN_EXTRAS = ["open_clip_torch>=3.3.0,<3.4", "pandas", "scikit-learn", "scipy", "mlxtend", "matplotlib",
+                "tensorboard", "tqdm", "pillow", "webdataset", "braceexpand"]
+
 ext, build_ext, _record = extension_and_record()
 
 setup(
@@ -140,7 +147,8 @@ setup(
     packages=find_packages(include=["psd_kernels", "psd_kernels.*", "psd_train", "psd_train.*"]),
     package_data={"psd_train.demo": ["model_configs/*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy"],
+    install_requires=["torch", "numpy"],  # psd_kernels
+    extras_require={"train": TRAIN_EXTRAS},  # psd_train and psd_train.demo
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
 )
