@@ -17,6 +17,7 @@ from psd_train.errors import FlagError
 
 # Where the teacher's embeddings come from (how they are used is --psd-teacher-mode).
 TEACHERS = ("self", "ema", "prev_epoch", "distill")
+DISTILL_FLAGS = ("--distill-model", "--distill-pretrained")
 
 
 def psd_parser() -> argparse.ArgumentParser:
@@ -75,14 +76,9 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def _check(psd: argparse.Namespace) -> None:
     if not 0.0 <= psd.psd_alpha_max <= 1.0:
         raise FlagError(f"--psd-alpha-max must lie in [0, 1], got {psd.psd_alpha_max}")
+    _check_ramp("--psd-ramp", psd.psd_ramp_steps, psd.psd_ramp_epochs)
     if not 0.0 <= psd.psd_soft_fraction <= 1.0:
         raise FlagError(f"--psd-soft-fraction must lie in [0, 1], got {psd.psd_soft_fraction}")
-    if psd.psd_ramp_steps is not None and psd.psd_ramp_epochs is not None:
-        raise FlagError("give --psd-ramp-steps or --psd-ramp-epochs, not both")
-    if psd.psd_ramp_steps is not None and psd.psd_ramp_steps < 0:
-        raise FlagError(f"--psd-ramp-steps must be >= 0, got {psd.psd_ramp_steps}")
-    if psd.psd_ramp_epochs is not None and psd.psd_ramp_epochs < 0:
-        raise FlagError(f"--psd-ramp-epochs must be >= 0, got {psd.psd_ramp_epochs}")
     if psd.psd_teacher_scale is not None and not psd.psd_teacher_scale > 0:
         raise FlagError(f"--psd-teacher-scale must be positive, got {psd.psd_teacher_scale}")
     if not 0.0 <= psd.psd_ema_momentum < 1.0:
@@ -91,6 +87,29 @@ def _check(psd: argparse.Namespace) -> None:
         raise FlagError(f"--psd-threads must be >= 1, got {psd.psd_threads}")
     if psd.psd_eval_every < 0:
         raise FlagError(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
+
+
+def _check_ramp(flag: str, steps: int | None, epochs: float | None) -> None:
+    if steps is not None and epochs is not None:
+        raise FlagError(f"give {flag}-steps or {flag}-epochs, not both")
+    if steps is not None and steps < 0:
+        raise FlagError(f"{flag}-steps must be >= 0, got {steps}")
+    if epochs is not None and epochs < 0:
+        raise FlagError(f"{flag}-epochs must be >= 0, got {epochs}")
+
+
+def without_distill_flags(argv: list[str]) -> list[str]:
+    """argv less --distill-model/--distill-pretrained and their values: psd_train builds that teacher
+    itself (open_clip_train's distillation path refuses --accum-freq > 1)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in DISTILL_FLAGS:
+            skip = True
+        elif not token.startswith(tuple(f"{flag}=" for flag in DISTILL_FLAGS)):
+            out.append(token)
+    return out
 
 
 def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
@@ -102,11 +121,8 @@ def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
         raise FlagError("--psd-teacher distill needs --distill-model and --distill-pretrained")
     if psd.psd_teacher != "distill" and distill:
         raise FlagError(f"--distill-model is given but --psd-teacher is {psd.psd_teacher!r}; "
-                         "drop one of them")
+                        "drop one of them")
     if args.siglip or "coca" in args.model.lower():
         raise FlagError("PSDLoss replaces the CLIP loss; SigLIP and CoCa models are not supported")
-    if args.accum_freq != 1 and psd.psd_alpha_max > 0:
-        raise FlagError("--accum-freq > 1 is not supported with PSD (the schedule counts "
-                         "one loss call per optimizer step)")
     if args.train_data is None and args.dataset_type != "synthetic":
         raise FlagError("--train-data is required")
