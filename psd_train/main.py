@@ -11,7 +11,7 @@ _Run.train_one_epoch for the length of the call. That seeds the epoch, calls the
 with PSDLoss as the loss and the student with its teacher as the model (psd_train.feed, which
 also carries the teacher through --accum-freq), then evaluates and writes the PSD
 checkpoint. An optimizer step post-hook updates the EMA teacher, advances PSDLoss's
-schedules by one step and logs loss, alpha, lr and scale after every
+schedules by one step and logs loss, alpha, soft fraction, lr and scale after every
 optimizer step, so with --accum-freq N the N loss calls of a step share one alpha and one
 soft subset.
 
@@ -146,6 +146,7 @@ class _Run:
 
     def _before_loss(self, module, inputs):
         self.last["alpha"] = module.current_alpha()
+        self.last["soft_fraction"] = module.current_soft_fraction()
 
     def _after_loss(self, module, inputs, output):
         value = output["contrastive_loss"] if isinstance(output, dict) else output
@@ -157,8 +158,8 @@ class _Run:
         self.loss.advance()  # once per optimizer step, however many loss calls it took
         self.step += 1
         row = {"epoch": self.epoch_of(self.step), "step": self.step, "loss": self.last.get("loss"),
-               "alpha": self.last.get("alpha"), "lr": optimizer.param_groups[0]["lr"],
-               "logit_scale": float(model.logit_scale.detach().exp())}
+               "alpha": self.last.get("alpha"), "soft_fraction": self.last.get("soft_fraction"),
+               "lr": optimizer.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach().exp())}
         self.steps_rows.append(row)
         if self.progress is not None:
             self.progress.update(1)
@@ -174,6 +175,7 @@ class _Run:
             if tb_writer is not None:
                 for row in self.steps_rows:
                     tb_writer.add_scalar("psd/alpha", row["alpha"], row["step"])
+                    tb_writer.add_scalar("psd/soft_fraction", row["soft_fraction"], row["step"])
         self.steps_rows = []
         every = self.psd.psd_eval_every
         if self.psd.psd_eval_data and (done == args.epochs or (every and done % every == 0)):

@@ -172,6 +172,18 @@ def test_accum_freq_with_ema_teacher(data, tmp_path):
     assert checkpoint["psd"]["teacher"]["weights"] is not None
 
 
+def test_soft_fraction_schedule_in_step_log_and_tensorboard(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = main(argv(data, tmp_path, "fraction", "--psd-alpha-max", "0.5", "--psd-soft-fraction-preset", "seed",
+                       "--report-to", "tensorboard"))
+    # the seed paper's preset: 0.1 of the rows in epoch 0, 0.2 in epoch 1 (4 steps per epoch)
+    expected = [0.1] * 4 + [0.2] * 4
+    assert [float(r["soft_fraction"]) for r in read_steps(result)] == pytest.approx(expected)
+    events = EventAccumulator(os.path.join(result["log_dir"], "tensorboard")).Reload()
+    assert [e.value for e in events.Scalars("psd/soft_fraction")] == pytest.approx(expected)
+
+
 def test_amp_bf16_on_cpu(data, tmp_path, monkeypatch):
     """--precision amp_bf16 on CPU: autocast hands the loss bfloat16 features, as a GPU run would."""
     import psd_train.loss
