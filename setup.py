@@ -1,18 +1,22 @@
 """Installs psd_kernels and psd_train, and builds the extension psd_kernels._C.
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -e .             # psd_kernels' needs only: torch, numpy
+    pip install --no-build-isolation -e ".[train]"    # + what psd_train and its demo need (open_clip_torch, ...)
 
 The CPU part of psd_kernels._C is always built. The CUDA part is added when a
 CUDA toolkit is found and torch was built with CUDA. Environment flags:
 
     PSD_SKIP_CUDA_BUILD=1   build the CPU part only
-    PSD_CUDA_ARCHS="9.0"    CUDA architectures (default: TORCH_CUDA_ARCH_LIST, else 9.0)
+    PSD_CUDA_ARCHS="9.0"    CUDA architectures, e.g. "8.0;9.0;10.0" or "9.0;10.0+PTX" (default:
+                            TORCH_CUDA_ARCH_LIST; else the visible GPUs' archs; else, with no
+                            GPU visible, those of 8.0, 9.0 and 10.0 that nvcc supports)
     MAX_JOBS=2              parallel compile jobs (read by torch's ninja build)
     CUDA_HOME=/path         the toolkit (default: found from nvcc on PATH, else /usr/local/cuda*)
 
 What was built, and why a part is missing: python -m psd_kernels.info
 """
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -66,6 +70,38 @@ def find_cuda_home():
     return None, "no CUDA toolkit: nvcc is not on PATH, CUDA_HOME is unset and /usr/local/cuda* has none"
 
 
+def _arch_policy():
+    """psd_kernels/info.py, loaded by path: the arch policy that python -m psd_kernels.info reports
+    (importing the package itself would load a stale or missing psd_kernels._C)."""
+    spec = importlib.util.spec_from_file_location("_psd_build_info", os.path.join(ROOT, "psd_kernels", "info.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cuda_archs(cuda_home, torch):
+    """(TORCH_CUDA_ARCH_LIST value, where it came from) for the CUDA part."""
+    for flag in ("PSD_CUDA_ARCHS", "TORCH_CUDA_ARCH_LIST"):
+        if os.environ.get(flag):
+            return os.environ[flag], flag
+    policy = _arch_policy()
+    visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    if visible:
+        return policy.default_cuda_archs("", visible), "the GPUs visible at build time"
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        listing = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SystemExit(f"[psd setup] `{nvcc} --list-gpu-arch` failed ({exc}); set PSD_CUDA_ARCHS, "
+                         "e.g. PSD_CUDA_ARCHS=\"8.0;9.0\"") from exc
+    try:
+        archs = policy.default_cuda_archs(listing, [])
+    except ValueError as exc:
+        raise SystemExit(f"[psd setup] {exc}") from exc
+    return archs, f"default for no visible GPU: {', '.join(policy.TRAINING_ARCHS)} where nvcc supports them"
+
+
 def cpu_flags():
     flags = ["-O3"]  # the C++ standard is torch's choice (C++20 for torch >= 2.12)
     try:
@@ -81,7 +117,7 @@ def cpu_flags():
 
 def extension_and_record():
     """The extension to build and a record of what it contains (for psd_kernels.info)."""
-    record = {"cuda": False, "cuda_reason": None, "cuda_archs": None, "cuda_home": None}
+    record = {"cuda": False, "cuda_reason": None, "cuda_archs": None, "cuda_arch_source": None, "cuda_home": None}
     cuda_home, reason = None, None
     if os.environ.get("PSD_SKIP_CUDA_BUILD") == "1":
         reason = "PSD_SKIP_CUDA_BUILD=1 was set at build time"
@@ -103,9 +139,10 @@ def extension_and_record():
     include_dirs = [os.path.join(ROOT, "csrc")]
     nvcc_flags = ["-O3"]
     if cuda_home:
-        archs = os.environ.get("PSD_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
+        archs, source = cuda_archs(cuda_home, torch)
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-        record.update(cuda=True, cuda_archs=archs, cuda_home=cuda_home, torch_cuda=torch.version.cuda)
+        record.update(cuda=True, cuda_archs=archs, cuda_arch_source=source, cuda_home=cuda_home,
+                      torch_cuda=torch.version.cuda)
         sources.append("csrc/psd_epilogue_cuda.cu")
         define_macros.append(("PSD_WITH_CUDA", None))
         # the torch wheel ships the CUDA library headers (cuBLAS, ...) under nvidia/cu*/include
@@ -124,12 +161,19 @@ def extension_and_record():
         extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags},
     )
     if cuda_home:
-        log(f"building psd_kernels._C: CPU + CUDA (CUDA_HOME={cuda_home}, archs {record['cuda_archs']})")
+        log(f"building psd_kernels._C: CPU + CUDA (CUDA_HOME={cuda_home}, archs {record['cuda_archs']}: "
+            f"{record['cuda_arch_source']})")
     else:
         log(f"building psd_kernels._C: CPU only ({reason})")
     log(f"C++ flags: {record['cxx_flags']}")
     return ext, cpp_extension.BuildExtension.with_options(use_ninja=True), record
 
+
+# What psd_train and its demo import beyond psd_kernels' torch and numpy: pip install ".[train]".
+# The ranges hold the versions requirements.txt pins (tests/test_packaging.py checks it);
+# torchvision comes with open_clip_torch, matched to the installed torch.
+TRAIN_EXTRAS = ["open_clip_torch>=3.3.0,<3.4", "pandas", "scikit-learn", "scipy", "mlxtend", "matplotlib",
+                "tensorboard", "tqdm", "pillow", "webdataset", "braceexpand"]
 
 ext, build_ext, _record = extension_and_record()
 
@@ -140,7 +184,8 @@ setup(
     packages=find_packages(include=["psd_kernels", "psd_kernels.*", "psd_train", "psd_train.*"]),
     package_data={"psd_train.demo": ["model_configs/*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy"],
+    install_requires=["torch", "numpy"],  # psd_kernels
+    extras_require={"train": TRAIN_EXTRAS},  # psd_train and psd_train.demo
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
 )

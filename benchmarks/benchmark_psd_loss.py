@@ -5,9 +5,10 @@
     .venv/bin/python benchmarks/benchmark_psd_loss.py --preset gpu      # on a CUDA machine
     .venv/bin/python benchmarks/plot.py                                 # PNGs from the CSV rows
 
-Providers (benchmarks/providers.py): every psd_kernels backend usable on the device
-("psd-reference", "psd-cpp", "psd-triton"), a hand-written chunked PyTorch loss,
-open_clip's ClipLoss (teacher "none") and ClipLoss + DistillClipLoss (with a teacher).
+Providers (benchmarks/providers.py, the list benchmarks/device_check.py times too): every
+psd_kernels backend usable on the device ("psd-reference", "psd-cpp", "psd-triton"), a
+hand-written chunked PyTorch loss, open_clip's ClipLoss (teacher "none") and ClipLoss +
+DistillClipLoss (with a teacher), and Inf-CL (teacher "none", CUDA only, D a multiple of 256).
 Modes: forward, backward and full (forward + backward) of the same calls. Metrics:
 median time with p20/p80 over the timed repetitions after warm-up, peak extra memory
 (benchmarks/memory.py states the method), achieved FLOP/s (formula printed) and, for
@@ -317,9 +318,11 @@ def csv_rows(records: list[dict], device: torch.device, stamp: str, version: str
                        x_value=batch, p50=mid, p20=low, p80=high, config=config)
 
 
-def append_csv(rows, directory: str) -> str:
+def append_csv(rows, directory: str, name: str = f"{OP}.csv") -> str:
+    """Append rows (dicts with the keys of CSV_FIELDS) to directory/name, the header first in a new file.
+    The one row writer of benchmarks/: benchmarks/device_check.py writes its rows through it too."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{OP}.csv")
+    path = os.path.join(directory, name)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)

@@ -1,46 +1,45 @@
 """The one prepared GPU check: every GPU backend against the reference, then speed and memory.
 
-    python benchmarks/device_check.py [--out DIR] [--budget-s 450]          # on a CUDA machine
+    python benchmarks/device_check.py [--out DIR] [--budget-s 400]          # on a CUDA machine
     python benchmarks/device_check.py --dry-run --out /tmp/dc              # CPU, TRITON_INTERPRET=1
 
-Builds nothing (build the C++ extension first if it should be checked). Stages, each
-case failing soft (an exception or OOM is recorded and the next case runs):
+Builds nothing (build the C++ extension first if it should be checked: `make device-check`
+does). Needs only torch and triton: open_clip and inf_cl are used where importable, and
+skipped with the reason otherwise. Stages, each case failing soft (an exception or OOM is
+recorded and the next case runs); about 8 minutes in all with the default budget:
 
 1. correctness: psd_loss / psd_clip_loss with backend="triton" and, when the C++
    extension has CUDA, backend="cpp", against the float64 reference on the same
-   rounded inputs: fp32, bf16, fp16; every teacher case; odd sizes; per-row alpha,
-   labels, reduction "none" with random per-row upstream gradients. Autotuning is
-   off here (PSD_TRITON_AUTOTUNE=0: the first config that fits) to save compiles.
-2. the bf16 matmul rate: an 8192^3 product and x @ y^T at each benchmark shape.
+   rounded inputs: fp32, bf16, fp16; every teacher case; awkward sizes (1, 7, 97,
+   1025 rows, widths that are not powers of two); per-row alpha, labels, reduction
+   "none" with random per-row upstream gradients. Autotuning is off here
+   (PSD_TRITON_AUTOTUNE=0: the first config that fits) to save compiles.
+2. the bf16 matmul rate, the peak the losses are measured against in the same run: an
+   8192^3 torch.mm and x @ y^T at each benchmark shape.
 3. forward + backward of the symmetric loss, bf16, B = 4096 .. 65536, D = 512, 768,
-   timed with triton.testing.do_bench (median, p20, p80), peak memory, side by side
-   with open_clip's ClipLoss (plain CLIP, alpha = 0) and ClipLoss + DistillClipLoss
-   (a separate teacher of width D, alpha = 0.5). Achieved TFLOP/s counts
-   6 B^2 D for the student + 2 B^2 D' for a separate teacher, recomputation not
-   counted. The autotuned Triton results are checked against an fp32 reference
-   up to B = 16384.
-   The Triton variants are timed side by side at D = 512 without a teacher (the
-   design's "measure and choose"): the default (one forward sweep with per-group
-   column partials, a backward kernel per side), [column sweep] (a second forward
-   sweep for the column statistics) and [atomic bwd] (one backward kernel, the
-   column side's gradient added atomically).
+   timed with triton.testing.do_bench (median, p20, p80), peak memory. The providers
+   are the CPU benchmark's (benchmarks/providers.py, one list): psd-triton (and, at
+   D = 512 without a teacher, its variants [column sweep] and [atomic bwd]), psd-cpp,
+   openclip-clip (teacher none) and openclip-distill (ClipLoss + DistillClipLoss, a
+   separate teacher of width D), inf-cl (teacher none, D a multiple of 256). Achieved
+   TFLOP/s counts 6 B^2 D + 2 B^2 D' (providers.FLOP_FORMULA), recomputation not
+   counted. The autotuned psd results are checked against an fp32 reference up to
+   B = 16384.
 4. B = 1,048,576, D = 512, one forward + backward with Triton: does it fit?
 
-When open_clip cannot be imported (the GPU machine may lack it), its loss.py (which
-needs only torch) is loaded from --open-clip-loss PATH or from a carried copy at
-.venv/lib/python3*/site-packages/open_clip/loss.py; failing both, the same math
-written here is timed (logits s x y^T and its transpose, two cross-entropies, plus
-the teacher-softmax cross-entropies for the distillation case), marked so.
-Writes device_check.csv (schema of benchmarks/data) and device_check.md to --out
-(default: $OUT, else benchmarks/data) and prints the tables. Exit status 1 when a
-correctness case fails.
+open_clip on a machine without it: a copy of its loss.py (it needs only torch) is used
+from --open-clip-loss PATH (sets PSD_OPEN_CLIP_LOSS) or from .venv/lib/python3*/site-
+packages/open_clip/loss.py when the repository's .venv came along.
+Rows go to device_check.csv in --out (default: $OUT, else benchmarks/data) through the
+CPU benchmark's row writer and schema (benchmark_psd_loss.append_csv, CSV_FIELDS;
+metrics time / throughput / memory as there, plus max_rel_error for correctness), the
+tables to device_check.md. Exit status 1 when a correctness case fails.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import importlib.util
+import json
 import math
 import os
 import statistics
@@ -57,49 +56,53 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import psd_kernels  # noqa: E402
+from benchmark_psd_loss import CSV_FIELDS, append_csv  # noqa: E402
+from providers import (FLOP_FORMULA, OPEN_CLIP_LOSS_ENV, SEPARATE_TEACHER_SCALE, STUDENT_SCALE, Case,  # noqa: E402
+                       all_providers, make_inputs)
 from psd_kernels.backends import available_backends  # noqa: E402
 
-SCHEMA = ("op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80",
-          "config", "device", "timestamp", "version")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Max error / max |reference|, as in tests/test_triton.py: fp32 accumulation; fp16/bf16
 # gradient products take G rounded to the input dtype.
 TOL = {"fp32": 2e-5, "fp16": 4e-3, "bf16": 3e-2}
 TOL_AUTOTUNED_VS_FP32 = 3e-2  # bf16 inputs, fp32 reference on the same rounded inputs
-STUDENT_SCALE = 1.0 / 0.07
-TEACHER_SCALE = 20.0
+# The timed providers, from the shared list (benchmarks/providers.py): the GPU backends and their peers.
+GPU_PROVIDERS = ("psd-triton", "psd-cpp", "openclip-clip", "openclip-distill", "inf-cl")
 
-# (op, sizes, teacher): one direction takes (M, N, D), the symmetric loss (B, D).
-GPU_CASES = [("psd_loss", (1, 7, 3), "self_scaled"), ("psd_loss", (97, 1000, 100), "self"),
-             ("psd_loss", (1025, 777, 768), "separate"), ("psd_clip_loss", (7, 100), "self"),
-             ("psd_clip_loss", (1025, 512), "self_scaled"), ("psd_clip_loss", (4096, 768), "separate")]
+# (op, sizes, teacher): one direction takes (M, N, D), the symmetric loss (B, D). Awkward
+# sizes: 1, 7, 97 and 1025 rows, widths that are not powers of two.
+GPU_CASES = [("psd_loss", (1, 7, 3), "self_scaled"), ("psd_loss", (7, 97, 100), "self"),
+             ("psd_loss", (97, 1000, 100), "separate"), ("psd_loss", (1025, 777, 768), "separate"),
+             ("psd_clip_loss", (1, 37), "self"), ("psd_clip_loss", (7, 100), "self"),
+             ("psd_clip_loss", (97, 300), "separate"), ("psd_clip_loss", (1025, 520), "self_scaled"),
+             ("psd_clip_loss", (4096, 768), "separate")]
 DRY_CASES = [("psd_loss", (3, 70, 20), "separate"), ("psd_clip_loss", (19, 24), "self_scaled")]
 
 
 class Recorder:
-    """Rows in the fixed CSV schema plus markdown lines, printed as they come."""
+    """Rows in the benchmarks' CSV schema (CSV_FIELDS; config is JSON) plus markdown lines,
+    printed as they come."""
 
     def __init__(self, device_name: str, version: str):
         self.rows, self.md = [], []
         self.device, self.version = device_name, version
         self.stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-    def row(self, op, provider, mode, metric, unit, x_name, x_value, p50, p20="", p80="", config=""):
-        self.rows.append(dict(op=op, provider=provider, mode=mode, metric=metric, unit=unit, x_name=x_name,
-                              x_value=x_value, p50=p50, p20=p20, p80=p80, config=config, device=self.device,
-                              timestamp=self.stamp, version=self.version))
+    def row(self, op, provider, mode, metric, unit, x_name, x_value, p50, p20="", p80="", config=None):
+        row = dict(op=op, provider=provider, mode=mode, metric=metric, unit=unit, x_name=x_name,
+                   x_value=x_value, p50=p50, p20=p20, p80=p80, config=json.dumps(config or {}, sort_keys=True),
+                   device=self.device, timestamp=self.stamp, version=self.version)
+        assert tuple(row) == CSV_FIELDS
+        self.rows.append(row)
 
     def line(self, text=""):
         print(text, flush=True)
         self.md.append(text)
 
-    def write(self, out: Path):
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "device_check.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SCHEMA)
-            writer.writeheader()
-            writer.writerows(self.rows)
+    def write(self, out: Path) -> Path:
+        path = append_csv(self.rows, str(out), "device_check.csv")
         (out / "device_check.md").write_text("\n".join(self.md) + "\n")
+        return Path(path)
 
 
 def _unit(n, d, dtype, device):
@@ -135,7 +138,7 @@ def _case_inputs(op, sizes, teacher, dtype, device):
         kw["teacher_scale"] = 0.5 * STUDENT_SCALE
     elif teacher == "separate":
         kw.update({names[0]: _unit(m, 48, dtype, device), names[1]: _unit(n, 48, dtype, device),
-                   "teacher_scale": TEACHER_SCALE})
+                   "teacher_scale": SEPARATE_TEACHER_SCALE})
     x, y = _unit(m, d, dtype, device), _unit(n, d, dtype, device)
     return x, y, kw, upstream
 
@@ -192,8 +195,8 @@ def check_correctness(rec, device, cases, budget_end):
                 rec.line(f"| {backend} | {op} | {label} | {dname} | {teacher} | {cells} | {TOL[dname]:.0e} "
                          f"| {status} |")
                 rec.row("psd_correctness", f"psd-{backend}", "full", "max_rel_error", "ratio", "case",
-                        f"{op}:{label}", max(errs) if errs else "", "", "",
-                        f"dtype={dname};teacher={teacher};status={status}")
+                        f"{op}:{label}", max(errs) if errs else "",
+                        config=dict(dtype=dname, teacher=teacher, status=status))
                 _free()
     os.environ["PSD_TRITON_AUTOTUNE"] = "1"
     rec.line()
@@ -254,8 +257,8 @@ def matmul_rates(rec, device, shapes, dry):
             tf = flops / (p50 * 1e-3) / 1e12
             rates[(kind, b, d)] = tf
             rec.line(f"| {name} | {p50:.3f} | {tf:.0f} |")
-            rec.row("matmul_bf16", "torch", "forward", "tflops", "TFLOP/s", "shape", name, tf,
-                    flops / (p80 * 1e-3) / 1e12, flops / (p20 * 1e-3) / 1e12)
+            rec.row("matmul_bf16", "torch", "forward", "throughput", "TFLOP/s", "shape", name, tf,
+                    flops / (p80 * 1e-3) / 1e12, flops / (p20 * 1e-3) / 1e12, dict(dtype="bfloat16"))
         except Exception as exc:
             rec.line(f"| {kind} {b}x{d} | {_short(exc)} | |")
         finally:
@@ -266,102 +269,44 @@ def matmul_rates(rec, device, shapes, dry):
 
 
 # ---------------------------------------------------------------- stage 3: providers
-def _load_open_clip(path: str | None):
-    """(ClipLoss, DistillClipLoss, provenance) from open_clip, a given loss.py, or None."""
-    try:
-        from open_clip.loss import ClipLoss, DistillClipLoss
-        return ClipLoss, DistillClipLoss, "open_clip"
-    except Exception as exc:  # open_clip missing or its optional imports fail
-        reason = _short(exc)
-    if not path:  # a copy of the file carried along in the project's virtual environment
-        found = sorted(Path(__file__).resolve().parents[1].glob(".venv/lib/python3*/site-packages/open_clip/loss.py"))
-        path = str(found[0]) if found else None
-    if path:
-        spec = importlib.util.spec_from_file_location("open_clip_loss_file", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.ClipLoss, mod.DistillClipLoss, f"open_clip loss.py at {path}"
-    print(f"open_clip not importable ({reason}); timing the ClipLoss math written here instead")
-    return None, None, "materialised here (open_clip not importable)"
+def gpu_providers(device, variants):
+    """The timed providers (GPU_PROVIDERS, the psd-triton variants when `variants`) from the
+    shared list, and {name: why it cannot run here} for the others of GPU_PROVIDERS."""
+    providers, skipped = all_providers(device, torch.bfloat16, variants=variants)
+    chosen = [p for p in providers if p.name.split(" ")[0] in GPU_PROVIDERS]
+    return chosen, {name: why for name, why in skipped.items() if name in GPU_PROVIDERS}
 
 
-def _materialised_clip(x, y, s):
-    """open_clip ClipLoss's math: logits both ways, mean of two cross-entropies."""
-    labels = torch.arange(x.shape[0], device=x.device)
-    return 0.5 * (F.cross_entropy(s * x @ y.T, labels) + F.cross_entropy(s * y @ x.T, labels))
-
-
-def _materialised_distill(x, y, s, tx, ty):
-    """open_clip ClipLoss + DistillClipLoss's math: the contrastive loss plus, both ways,
-    the cross-entropy of the student's log-softmax under the teacher's softmax."""
-    def soft_ce(teacher_logits, student_logits):
-        return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(dim=1).mean()
-
-    img, txt = s * x @ y.T, s * y @ x.T
-    t_img, t_txt = TEACHER_SCALE * tx @ ty.T, TEACHER_SCALE * ty @ tx.T
-    labels = torch.arange(x.shape[0], device=x.device)
-    contrastive = 0.5 * (F.cross_entropy(img, labels) + F.cross_entropy(txt, labels))
-    return contrastive + 0.5 * (soft_ce(t_img, img) + soft_ce(t_txt, txt))
-
-
-# Triton variants measured side by side (the "measure and choose" of the design):
-# the default is one forward sweep with column partials and a backward kernel per side.
-TRITON_VARIANTS = {"psd-triton": {},
-                   "psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"},
-                   "psd-triton [atomic bwd]": {"PSD_TRITON_BACKWARD": "atomic"}}
-
-
-def _psd(backend, teacher):
-    if teacher == "none":
-        return lambda x, y, s, tx, ty: psd_kernels.psd_clip_loss(x, y, s, backend=backend)
-    return lambda x, y, s, tx, ty: psd_kernels.psd_clip_loss(
-        x, y, s, teacher_image=tx, teacher_text=ty, teacher_scale=TEACHER_SCALE, alpha_image=0.5,
-        backend=backend)
-
-
-def providers(clip_cls, distill_cls, teacher, variants):
-    """name -> (f(x, y, s, tx, ty) returning the loss to differentiate, environment to set)."""
-    out = {name: (_psd("triton", teacher), env) for name, env in TRITON_VARIANTS.items()
-           if variants or not env}
-    out["psd-cpp"] = (_psd("cpp", teacher), {})
-    if teacher == "none":
-        if clip_cls is not None:
-            clip = clip_cls()
-            out["open_clip ClipLoss"] = (lambda x, y, s, tx, ty: clip(x, y, s), {})
-        else:
-            out["ClipLoss math (materialised)"] = (lambda x, y, s, tx, ty: _materialised_clip(x, y, s), {})
-    elif clip_cls is not None:
-        distill = distill_cls()
-        t_scale = torch.tensor(TEACHER_SCALE)
-
-        def open_clip_distill(x, y, s, tx, ty):
-            c, d = distill(x, y, s, tx, ty, t_scale.to(x.device))
-            return c + d
-        out["open_clip ClipLoss+DistillClipLoss"] = (open_clip_distill, {})
-    else:
-        out["ClipLoss+DistillClipLoss math (materialised)"] = (_materialised_distill, {})
-    return out
-
-
-def benchmark(rec, device, batches, dims, rates, clip_cls, distill_cls, provenance, dry, budget_end):
+def benchmark(rec, device, batches, dims, rates, dry, budget_end):
     rec.line("## Forward + backward of the symmetric loss, bf16")
     rec.line()
-    rec.line(f"Baseline: {provenance}. FLOPs counted: 6 B^2 D (student) + 2 B^2 D' (separate teacher, D' = D); "
-             "recomputation not counted. % matmul: of the bf16 x @ y^T rate at that shape.")
+    rec.line(f"FLOPs counted: {FLOP_FORMULA}. % matmul: of the bf16 x @ y^T rate at that shape. Baseline of "
+             "the speed-up: open_clip (ClipLoss, or ClipLoss + DistillClipLoss with the teacher).")
     rec.line()
+    _, skipped = gpu_providers(device, False)
+    for name, why in skipped.items():
+        rec.line(f"- {name} not run: {why}")
+    rec.line()
+    told = set()  # (provider, reason) already printed
     rec.line("| B | D | teacher | provider | p50 ms | p20 ms | p80 ms | TFLOP/s | % matmul | peak GiB | "
              "x faster than open_clip | check vs fp32 ref |")
     rec.line("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    usable = {b for b in ("triton", "cpp") if available_backends(device, torch.bfloat16)[b] is None}
     results = {}
     last = {}  # (provider, D, teacher) -> (B, p50 ms) of its previous point, to foresee the next
     for d in dims:
         for b in batches:
             for teacher in ("none", "separate"):
+                case = Case(b, d, teacher, "bfloat16")
+                inputs = None  # made once per point, on first use: the same inputs for every provider
                 times = {}
-                variants = teacher == "none" and d == dims[0]
-                for name, (fn, env) in providers(clip_cls, distill_cls, teacher, variants).items():
-                    if name.startswith("psd-") and name[4:].split(" ")[0] not in usable:
+                providers, _ = gpu_providers(device, variants=teacher == "none" and d == dims[0])
+                for provider in providers:
+                    name = provider.name
+                    why = provider.unavailable(case, device)
+                    if why is not None:
+                        if (name, why) not in told:
+                            told.add((name, why))
+                            rec.line(f"| {b} | {d} | {teacher} | {name} | not run: {why} | | | | | | | |")
                         continue
                     prev = last.get((name, d, teacher))
                     # do_bench runs >= ~10 calls; the cost grows as B^2
@@ -369,17 +314,18 @@ def benchmark(rec, device, batches, dims, rates, clip_cls, distill_cls, provenan
                     if time.monotonic() + foreseen > budget_end:
                         rec.line(f"| {b} | {d} | {teacher} | {name} | skipped (time budget) | | | | | | | |")
                         continue
-                    cells = _bench_one(rec, device, b, d, teacher, name, fn, env, rates, dry)
+                    if inputs is None:
+                        inputs = make_inputs(case, device)
+                    cells = _bench_one(rec, device, case, inputs, provider, rates, dry)
                     times[name] = cells
                     if cells:
                         last[(name, d, teacher)] = (b, cells["p50"])
                     _free()
-                base = next((v["p50"] for k, v in times.items() if k.startswith(("open_clip", "ClipLoss"))
-                             and v), None)
+                base = next((v["p50"] for k, v in times.items() if k.startswith("openclip") and v), None)
                 for name, cells in times.items():
                     if not cells:
                         continue
-                    speed = f"{base / cells['p50']:.2f}" if base and name.startswith("psd-") else ""
+                    speed = f"{base / cells['p50']:.2f}" if base and not name.startswith("openclip") else ""
                     rec.line(f"| {b} | {d} | {teacher} | {name} | {cells['p50']:.3f} | {cells['p20']:.3f} | "
                              f"{cells['p80']:.3f} | {cells['tflops']:.0f} | {cells['pct']} | {cells['peak']} | "
                              f"{speed} | {cells['check']} |")
@@ -388,62 +334,56 @@ def benchmark(rec, device, batches, dims, rates, clip_cls, distill_cls, provenan
     return results
 
 
-def _bench_one(rec, device, b, d, teacher, name, fn, env, rates, dry):
+def _bench_one(rec, device, case, inputs, provider, rates, dry):
     """Time one provider at one point; returns its cells, or {} after recording the failure."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    b, d, name = case.batch, case.dim, provider.name
+    config = dict(case.config(), timer="triton.testing.do_bench" if not dry else "perf_counter")
     try:
-        x, y = _unit(b, d, torch.bfloat16, device), _unit(b, d, torch.bfloat16, device)
-        x.requires_grad_()
-        y.requires_grad_()
-        s = torch.tensor(STUDENT_SCALE, device=device, requires_grad=True)
-        tx = ty = None
-        if teacher == "separate":
-            tx, ty = _unit(b, d, torch.bfloat16, device), _unit(b, d, torch.bfloat16, device)
+        fn = provider.build(case)
+        leaves = (inputs["image"], inputs["text"], inputs["scale"])
 
         def step():
-            return torch.autograd.grad(fn(x, y, s, tx, ty), (x, y, s))
+            return torch.autograd.grad(fn(inputs), leaves)
 
-        check = _check_autotuned(x, y, s, tx, ty, fn, teacher) if name.startswith("psd-") and b <= 16384 else ""
+        check = _check_autotuned(case, inputs, fn) if not name.startswith("openclip") and b <= 16384 else ""
         p50, p20, p80 = _bench(step, dry)
         peak = _peak_gib(step, device)
-        flops = 6.0 * b * b * d + (2.0 * b * b * d if teacher == "separate" else 0.0)
+        flops = case.flops("full")
         tflops = flops / (p50 * 1e-3) / 1e12
         mm = rates.get(("xyT", b, d))
         pct = f"{100 * tflops / mm:.0f}%" if mm else ""
-        config = f"D={d};teacher={teacher};dtype=bf16;flops=6B^2D+2B^2D'"
         rec.row("psd_clip_loss", name, "full", "time", "ms", "B", b, p50, p20, p80, config)
-        rec.row("psd_clip_loss", name, "full", "tflops", "TFLOP/s", "B", b, tflops,
+        rec.row("psd_clip_loss", name, "full", "throughput", "TFLOP/s", "B", b, tflops,
                 flops / (p80 * 1e-3) / 1e12, flops / (p20 * 1e-3) / 1e12, config)
         if peak != "":
-            rec.row("psd_clip_loss", name, "full", "peak_memory", "GiB", "B", b, peak, "", "", config)
+            mib = peak * 1024
+            rec.row("psd_clip_loss", name, "full", "memory", "MiB", "B", b, mib, mib, mib,
+                    dict(case.config(), method="torch.cuda.max_memory_allocated() minus memory_allocated() "
+                                               "before the call"))
         return dict(p50=p50, p20=p20, p80=p80, tflops=tflops, pct=pct,
                     peak=f"{peak:.2f}" if peak != "" else "", check=check)
-    except Exception as exc:  # OOM or a broken backend: record, go on
-        rec.line(f"| {b} | {d} | {teacher} | {name} | {_short(exc)} | | | | | | | |")
-        rec.row("psd_clip_loss", name, "full", "time", "ms", "B", b, "", "", "",
-                f"D={d};teacher={teacher};dtype=bf16;error={_short(exc)}")
+    except Exception as exc:  # OOM or a broken provider: record, go on
+        rec.line(f"| {b} | {d} | {case.teacher} | {name} | {_short(exc)} | | | | | | | |")
+        gib = float("nan")
+        rec.row("psd_clip_loss", name, "full", "oom" if isinstance(exc, torch.OutOfMemoryError) else "error",
+                "GiB", "B", b, gib, gib, gib, dict(case.config(), message=_short(exc)))
         return {}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
-def _check_autotuned(x, y, s, tx, ty, fn, teacher):
-    """The tuned Triton path against the fp32 reference on the same bf16 inputs."""
+def _check_autotuned(case, inputs, fn):
+    """A psd provider (autotuned) or Inf-CL against the fp32 reference on the same bf16 inputs."""
     try:
-        got = [g.float() for g in (fn(x, y, s, tx, ty).detach(),) + torch.autograd.grad(fn(x, y, s, tx, ty),
-                                                                                          (x, y, s))]
-        xf, yf = x.detach().float().requires_grad_(), y.detach().float().requires_grad_()
-        sf = s.detach().clone().requires_grad_()
+        leaves = (inputs["image"], inputs["text"], inputs["scale"])
+        loss = fn(inputs)
+        got = [g.float() for g in (loss.detach(),) + torch.autograd.grad(loss, leaves)]
+        xf = inputs["image"].detach().float().requires_grad_()
+        yf = inputs["text"].detach().float().requires_grad_()
+        sf = inputs["scale"].detach().clone().requires_grad_()
         kw = {}
-        if teacher == "separate":
-            kw = dict(teacher_image=tx.float(), teacher_text=ty.float(), teacher_scale=TEACHER_SCALE,
-                      alpha_image=0.5)
-        ref = psd_kernels.psd_clip_loss(xf, yf, sf, backend="reference", **kw)
+        if case.teacher == "separate":
+            kw = dict(teacher_image=inputs["teacher_image"].float(), teacher_text=inputs["teacher_text"].float(),
+                      teacher_scale=inputs["teacher_scale"])
+        ref = psd_kernels.psd_clip_loss(xf, yf, sf, alpha_image=case.alpha, backend="reference", **kw)
         want = [ref.detach()] + list(torch.autograd.grad(ref, (xf, yf, sf)))
         worst = max(_rel_errors(got, want))
         return f"{worst:.1e} {'ok' if worst <= TOL_AUTOTUNED_VS_FP32 else 'FAIL'}"
@@ -488,10 +428,12 @@ def million(rec, device, b, d, latest_start, tuned):
                  f"{secs:.1f} s, peak extra memory {peak:.2f} GiB (nan: not measured on CPU) beyond the "
                  f"{inputs:.2f} GiB of inputs "
                  f"({6.0 * b * b * d / secs / 1e12:.0f} TFLOP/s counted; autotuned: {tuned})")
-        rec.row("psd_clip_loss", "psd-triton", "full", "time_single", "s", "B", b, secs, "", "",
-                f"D={d};teacher=none;dtype=bf16;finite={finite}")
-        rec.row("psd_clip_loss", "psd-triton", "full", "peak_memory", "GiB", "B", b, peak, "", "",
-                f"D={d};teacher=none;dtype=bf16")
+        config = dict(Case(b, d, "none", "bfloat16").config(), reps=1, warmup=0, finite=finite,
+                      autotuned=tuned)
+        rec.row("psd_clip_loss", "psd-triton", "full", "time", "ms", "B", b, 1e3 * secs, 1e3 * secs, 1e3 * secs,
+                config)
+        rec.row("psd_clip_loss", "psd-triton", "full", "memory", "MiB", "B", b, 1024 * peak, 1024 * peak,
+                1024 * peak, config)
         rec.line()
         return finite
     except Exception as exc:
@@ -506,11 +448,13 @@ def million(rec, device, b, d, latest_start, tuned):
 
 def tuned_configs(rec):
     """What the autotuner picked, per key (swept length bucket, D, D', teacher, ..., dtypes)."""
+    from triton.runtime.autotuner import Autotuner
+
     from psd_kernels import triton_kernels
     rec.line("## Autotuned configs")
     rec.line()
-    picks = [(name, key, config) for name in ("_psd_fwd_kernel", "_psd_bwd_kernel")
-             for key, config in getattr(triton_kernels, name).cache.items()]
+    picks = [(name, key, config) for name, kernel in vars(triton_kernels).items() if isinstance(kernel, Autotuner)
+             for key, config in kernel.cache.items()]
     for name, key, config in picks:
         rec.line(f"- {name} {key}: {config}")
     if not picks:
@@ -546,9 +490,11 @@ def main(argv=None) -> int:
                              "45%%); the one-million case may start up to 30 s later")
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU tensors under TRITON_INTERPRET=1 at tiny sizes: checks the logic only")
-    parser.add_argument("--open-clip-loss", default=None, help="path to open_clip/loss.py if open_clip "
-                        "itself cannot be imported")
+    parser.add_argument("--open-clip-loss", default=None, help="path to a copy of open_clip/loss.py if "
+                        f"open_clip itself cannot be imported (sets {OPEN_CLIP_LOSS_ENV})")
     args = parser.parse_args(argv)
+    if args.open_clip_loss:
+        os.environ[OPEN_CLIP_LOSS_ENV] = args.open_clip_loss
     start = time.monotonic()
     end = start + args.budget_s
     if args.dry_run:
@@ -574,15 +520,13 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     failures = check_correctness(rec, device, cases, start + 0.45 * args.budget_s)
     rates = matmul_rates(rec, device, [(b, d) for d in dims for b in batches], args.dry_run)
-    clip_cls, distill_cls, provenance = _load_open_clip(args.open_clip_loss)
-    results = benchmark(rec, device, batches, dims, rates, clip_cls, distill_cls, provenance, args.dry_run,
-                        end)
+    results = benchmark(rec, device, batches, dims, rates, args.dry_run, end)
     fits = million(rec, device, *big, end + 30, tuned=(batches[-1], big[1], "none", "psd-triton") in results)
     tuned_configs(rec)
     targets(rec, results, rates, fits, target_b, dims[0], big)
     rec.line(f"total {time.monotonic() - start:.0f} s; correctness failures: {failures}")
-    rec.write(Path(args.out))
-    print(f"wrote {Path(args.out) / 'device_check.csv'} and device_check.md")
+    path = rec.write(Path(args.out))
+    print(f"appended rows to {path}; wrote {path.parent / 'device_check.md'}")
     return 1 if failures else 0
 
 

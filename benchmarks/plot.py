@@ -6,7 +6,8 @@
 One PNG per (op, device, D, teacher, dtype) with four log-log panels: forward, backward
 and full time (median, p20-p80 band) and peak extra memory of the full call. When a
 case was measured several times the latest row wins. A provider that ran out of memory
-is labelled with the first batch size it did not fit.
+is labelled with the first batch size it did not fit. Only rows against the batch size
+(x_name B) are plotted: the CPU benchmark's and benchmarks/device_check.py's (same schema).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def load_rows(paths) -> list[dict]:
     for path in paths:
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
+                if row["x_name"] != "B":  # e.g. device_check.py's correctness and matmul rows
+                    continue
                 config = json.loads(row["config"])
                 row["case"] = tuple(config.get(key) for key in CASE_KEYS)
                 row["x_value"] = int(float(row["x_value"]))

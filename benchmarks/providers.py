@@ -11,6 +11,15 @@ A provider maps a case to a function computing the symmetric contrastive loss
                       contrastive_loss + distill_loss == 2 x PSD(alpha = 0.5) with the same
                       teacher and teacher scale (checked in tests/test_benchmarks.py); the
                       materialised path users run today for teacher distillation
+    inf-cl            Inf-CL's cal_inf_loss both ways (teacher "none", CUDA, D a multiple of
+                      256) == PSD with alpha = 0: hard labels only (see InfClProvider)
+
+psd-triton variants (all_providers(..., variants=True)): the same kernels with another
+column-statistics or backward mode (psd_kernels/triton_psd.py), timed side by side by
+benchmarks/device_check.py.
+
+open_clip: the installed package, else a copy of its loss.py (it needs only torch) at
+$PSD_OPEN_CLIP_LOSS or in the repository's .venv, for GPU machines without open_clip.
 
 Teacher cases: "none" (alpha = 0, plain CLIP), "self" (alpha = 0.5, the student's own
 embeddings detached, teacher scale s/2: one product per tile), "separate" (alpha = 0.5,
@@ -18,8 +27,11 @@ frozen teacher embeddings of width D', teacher scale 20: two products per tile).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -129,9 +141,25 @@ def _elem(case: Case) -> int:
     return max(4, torch.finfo(DTYPES[case.dtype]).bits // 8)
 
 
+@contextlib.contextmanager
+def _environment(env: dict):
+    """Set `env` for the duration of a call, then restore what was there."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @dataclass(frozen=True)
 class PSDProvider(Provider):
     backend: str = "reference"
+    env: tuple = ()   # a backend variant: (name, value) pairs set in the environment around each call
 
     def unavailable(self, case, device):
         from psd_kernels.backends import available_backends
@@ -141,10 +169,11 @@ class PSDProvider(Provider):
         import psd_kernels
 
         def loss(inputs):
-            return psd_kernels.psd_clip_loss(
-                inputs["image"], inputs["text"], inputs["scale"],
-                teacher_image=inputs["teacher_image"], teacher_text=inputs["teacher_text"],
-                teacher_scale=inputs["teacher_scale"], alpha_image=case.alpha, backend=self.backend)
+            with _environment(dict(self.env)):
+                return psd_kernels.psd_clip_loss(
+                    inputs["image"], inputs["text"], inputs["scale"],
+                    teacher_image=inputs["teacher_image"], teacher_text=inputs["teacher_text"],
+                    teacher_scale=inputs["teacher_scale"], alpha_image=case.alpha, backend=self.backend)
         return loss
 
     def memory_guess(self, case):
@@ -171,11 +200,35 @@ class ChunkedProvider(Provider):
         return 8.0 * chunk_logits * 4 + 8.0 * case.batch * case.dim * _elem(case)
 
 
+OPEN_CLIP_LOSS_ENV = "PSD_OPEN_CLIP_LOSS"
+
+
+def _open_clip_loss_file() -> str | None:
+    """A copy of open_clip/loss.py: $PSD_OPEN_CLIP_LOSS, else one in the repository's .venv."""
+    if os.environ.get(OPEN_CLIP_LOSS_ENV):
+        return os.environ[OPEN_CLIP_LOSS_ENV]
+    root = Path(__file__).resolve().parents[1]
+    found = sorted(root.glob(".venv/lib/python3*/site-packages/open_clip/loss.py"))
+    return str(found[0]) if found else None
+
+
 def _open_clip_missing() -> str | None:
     """Why open_clip cannot be used, or None (found without importing it: the import is slow)."""
-    if importlib.util.find_spec("open_clip") is None:
-        return "open_clip is not installed (pip install open_clip_torch)"
+    if importlib.util.find_spec("open_clip") is None and _open_clip_loss_file() is None:
+        return (f"open_clip is not installed (pip install open_clip_torch, or set {OPEN_CLIP_LOSS_ENV} to a "
+                "copy of open_clip/loss.py)")
     return None
+
+
+def _open_clip_loss():
+    """open_clip.loss, or the module loaded from the copy of its loss.py."""
+    if importlib.util.find_spec("open_clip") is not None:
+        import open_clip.loss
+        return open_clip.loss
+    spec = importlib.util.spec_from_file_location("open_clip_loss_copy", _open_clip_loss_file())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)
@@ -190,11 +243,11 @@ class OpenClipProvider(Provider):
         return _open_clip_missing()
 
     def build(self, case):
-        from open_clip.loss import ClipLoss, DistillClipLoss
+        losses = _open_clip_loss()
         if not self.distill:
-            module = ClipLoss()
+            module = losses.ClipLoss()
             return lambda inputs: module(inputs["image"], inputs["text"], inputs["scale"])
-        module = DistillClipLoss()
+        module = losses.DistillClipLoss()
 
         def loss(inputs):
             t_image, t_text, t_scale = _teacher_features(case, inputs)
@@ -208,8 +261,54 @@ class OpenClipProvider(Provider):
         return buffers * case.batch ** 2 * _elem(case)
 
 
-def all_providers(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[list, dict]:
-    """(providers, {name: reason}) for this device: every psd backend that can run, then the peers."""
+INF_CL_HEAD_DIM = 256   # cal_inf_loss's default head_dim: it views B x D as B x (D / 256) x 256
+
+
+def _inf_cl_missing() -> str | None:
+    if importlib.util.find_spec("inf_cl") is None:
+        return "inf_cl is not installed (pip install inf-cl)"
+    return None
+
+
+@dataclass(frozen=True)
+class InfClProvider(Provider):
+    """Inf-CL (Cheng et al. 2024; the inf_cl package): tiled Triton kernels for the plain contrastive
+    loss with hard labels. cal_inf_loss(q, k) is one direction's mean cross-entropy, so the symmetric
+    loss is the mean of both directions == PSD with alpha = 0 (and open_clip's ClipLoss)."""
+
+    def unavailable(self, case, device):
+        if case.teacher != "none":
+            return "Inf-CL has hard labels only: no teacher targets (compared at teacher 'none')"
+        if case.dim % INF_CL_HEAD_DIM:
+            return f"Inf-CL needs D to be a multiple of its head_dim {INF_CL_HEAD_DIM}, got D = {case.dim}"
+        if device.type != "cuda":
+            return f"Inf-CL's Triton kernels need a CUDA device, got {device.type}"
+        return _inf_cl_missing()
+
+    def build(self, case):
+        from inf_cl import cal_inf_loss
+
+        def loss(inputs):
+            image, text, scale = inputs["image"], inputs["text"], inputs["scale"]
+            # The scale is folded into the queries: cal_inf_loss(scale=...) all-reduces the scale's
+            # gradient (its GradientGather), which needs an initialised torch.distributed.
+            return 0.5 * (cal_inf_loss(scale * image, text) + cal_inf_loss(scale * text, image))
+        return loss
+
+    def memory_guess(self, case):
+        return 8.0 * case.batch * case.dim * 4 + (64 << 20)   # fp32 copies and gradients of both sides
+
+
+# Variants of psd-triton (psd_kernels/triton_psd.py): the default is one forward sweep with
+# per-group column partials and a backward kernel per side.
+TRITON_VARIANTS = {"psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"},
+                   "psd-triton [atomic bwd]": {"PSD_TRITON_BACKWARD": "atomic"}}
+
+
+def all_providers(device: torch.device, dtype: torch.dtype = torch.float32,
+                  variants: bool = False) -> tuple[list, dict]:
+    """(providers, {name: reason}) for this device: every psd backend that can run (with the
+    psd-triton variants when `variants`), then the peers."""
     from psd_kernels.backends import BACKENDS, available_backends
     status = available_backends(device, dtype)
     providers, skipped = [], {}
@@ -218,6 +317,9 @@ def all_providers(device: torch.device, dtype: torch.dtype = torch.float32) -> t
         if status.get(backend) is None:
             providers.append(PSDProvider(name, f"psd_kernels.psd_clip_loss(backend={backend!r})",
                                          backend=backend))
+            if backend == "triton" and variants:
+                providers += [PSDProvider(variant, f"psd-triton with {env}", backend=backend,
+                                          env=tuple(env.items())) for variant, env in TRITON_VARIANTS.items()]
         else:
             skipped[name] = status[backend]
     providers.append(ChunkedProvider("torch-chunked", "plain PyTorch, row chunks + checkpoint, "
@@ -230,4 +332,11 @@ def all_providers(device: torch.device, dtype: torch.dtype = torch.float32) -> t
             "2 x PSD(alpha=0.5) with the same teacher; materialised", distill=True))
     else:
         skipped["openclip-clip"] = skipped["openclip-distill"] = missing
+    inf_cl = InfClProvider("inf-cl", "Inf-CL cal_inf_loss both ways == PSD alpha=0; hard labels only (no "
+                           "teacher targets); upcasts to fp32 and multiplies in TF32; D a multiple of 256")
+    missing = inf_cl.unavailable(Case(1, INF_CL_HEAD_DIM), device)
+    if missing is None:
+        providers.append(inf_cl)
+    else:
+        skipped["inf-cl"] = missing
     return providers, skipped

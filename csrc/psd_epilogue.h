@@ -10,6 +10,9 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+#include <vector>
+
 namespace psd {
 
 // Per-row statistics of complete rows. For each row i of the block:
@@ -52,6 +55,15 @@ void form_grad(at::Tensor& d, const at::Tensor& t, double s, double ts,
 
 #ifdef PSD_WITH_CUDA
 namespace cuda {
+// The architectures nvcc compiled the kernels for, compute capability x 10 (80, 90, 100):
+// its __CUDA_ARCH_LIST__, so the extension itself says what it holds.
+std::vector<int64_t> compiled_archs();
+// The error for a GPU of compute capability major.minor that has no kernel image here:
+// its sm_XY, the built archs and the build flag to set.
+std::string arch_error(int64_t major, int64_t minor);
+// Throws arch_error (prefixed by the device) unless the kernels load on CUDA device
+// `index`; asks the driver once per device, later calls read the cached answer.
+void check_arch(int index);
 void row_stats(const at::Tensor& d, const at::Tensor& t, double s, double ts,
                at::Tensor& m, at::Tensor& l, at::Tensor& pd,
                at::Tensor& tm, at::Tensor& tl, at::Tensor& td);

@@ -10,10 +10,15 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "psd_epilogue.h"
 
@@ -180,6 +185,49 @@ template <typename T>
 T* ptr(const at::Tensor& v) { return v.defined() ? v.data_ptr<T>() : nullptr; }
 
 }  // namespace
+
+#ifndef __CUDA_ARCH_LIST__
+#error "nvcc >= 11.5 is needed: psd_kernels._C records its archs from __CUDA_ARCH_LIST__"
+#endif
+
+std::vector<int64_t> compiled_archs() {
+  std::vector<int64_t> archs;
+  for (int64_t code : {__CUDA_ARCH_LIST__}) archs.push_back(code / 10);  // 900 -> 90
+  return archs;
+}
+
+std::string arch_error(int64_t major, int64_t minor) {
+  std::string built;
+  for (int64_t code : compiled_archs()) built += (built.empty() ? "sm_" : ", sm_") + std::to_string(code);
+  const std::string arch = std::to_string(major) + "." + std::to_string(minor);
+  return "psd_kernels._C has no CUDA kernels for this GPU's arch sm_" + std::to_string(major * 10 + minor) +
+         ": it was built for " + built + ". Rebuild it for this GPU: PSD_CUDA_ARCHS=" + arch +
+         " pip install --no-build-isolation -e . (in the repository root; list several archs separated by "
+         "';'), or use backend=\"triton\"";
+}
+
+void check_arch(int index) {
+  // per device: 0 not asked yet, 1 the kernels load, 2 no kernel image for its arch
+  static std::vector<std::atomic<int>> state(c10::cuda::device_count());
+  int known = state[index].load(std::memory_order_relaxed);
+  if (known == 0) {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+    cudaFuncAttributes attr;
+    const cudaError_t err = cudaFuncGetAttributes(&attr, row_stats_kernel<float>);
+    if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) {
+      (void)cudaGetLastError();  // not a sticky error: clear it for the next CUDA call
+      known = 2;
+    } else {
+      C10_CUDA_CHECK(err);
+      known = 1;
+    }
+    state[index].store(known, std::memory_order_relaxed);
+  }
+  if (known == 2) {
+    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(index);
+    TORCH_CHECK(false, "cuda:", index, " (", prop->name, "): ", arch_error(prop->major, prop->minor));
+  }
+}
 
 void row_stats(const at::Tensor& d, const at::Tensor& t, double s, double ts, at::Tensor& m, at::Tensor& l,
                at::Tensor& pd, at::Tensor& tm, at::Tensor& tl, at::Tensor& td) {

@@ -414,6 +414,9 @@ Result run(const Tensor& x, const Tensor& y, const Tensor& scale, const Tensor& 
            const optional<Tensor>& alpha_col, const optional<Tensor>& teacher_x, const optional<Tensor>& teacher_y,
            const optional<Tensor>& teacher_scale, const Tensor& g_row, const optional<Tensor>& g_col) {
   c10::DeviceGuard guard(x.device());
+#ifdef PSD_WITH_CUDA
+  if (x.is_cuda()) cuda::check_arch(x.get_device());  // before any launch: a clear error on an unbuilt arch
+#endif
   Inputs in = prepare(x, y, scale, alpha, labels, alpha_col, teacher_x, teacher_y, teacher_scale);
   if (g_row.defined()) {
     check_vector(g_row, in.M, "grad_row", x);
@@ -500,6 +503,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "psd_kernels._C: fused PSD loss ops (torch.ops.psd.*); see psd_kernels/cpp.py";
   // setup.py passes its build record (JSON) hex-encoded, prefixed by 'x', as one macro token.
   m.def("build_record_hex", [] { return std::string(PSD_STR(PSD_BUILD_RECORD_HEX)); });
+#ifdef PSD_WITH_CUDA
+  m.def("cuda_archs", &psd::cuda::compiled_archs,
+        "the archs the CUDA kernels were compiled for, compute capability x 10 (e.g. [80, 90, 100])");
+  m.def("cuda_arch_error", &psd::cuda::arch_error, pybind11::arg("major"), pybind11::arg("minor"),
+        "the error a CUDA call raises on a GPU of compute capability major.minor without a kernel image");
+#endif
   m.def("cuda_built", [] {
 #ifdef PSD_WITH_CUDA
     return true;

@@ -2,6 +2,5 @@
 import sys
 
 from psd_train.errors import run_command
-from psd_train.main import main
 
-sys.exit(run_command("python -m psd_train", main))
+sys.exit(run_command("python -m psd_train", "psd_train.main:main"))

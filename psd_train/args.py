@@ -12,11 +12,16 @@ import argparse
 
 from psd_kernels import TEACHER_MODES
 from psd_kernels.backends import BACKENDS
-from psd_kernels.schedule import SCHEDULES
+from psd_kernels.schedule import FRACTION_SCHEDULES, SCHEDULES
 from psd_train.errors import FlagError
 
 # Where the teacher's embeddings come from (how they are used is --psd-teacher-mode).
 TEACHERS = ("self", "ema", "prev_epoch", "distill")
+# --psd-soft-fraction-preset: (start, end, schedule, ramp in epochs)
+FRACTION_PRESETS = {"seed": (0.1, 1.0, "per_epoch", 9)}
+FRACTION_FLAGS = ("psd_soft_fraction", "psd_soft_fraction_start", "psd_soft_fraction_schedule",
+                  "psd_soft_fraction_ramp_steps", "psd_soft_fraction_ramp_epochs")
+DISTILL_FLAGS = ("--distill-model", "--distill-pretrained")
 
 
 def psd_parser() -> argparse.ArgumentParser:
@@ -33,8 +38,21 @@ def psd_parser() -> argparse.ArgumentParser:
                        help="optimizer steps to reach alpha_max")
     group.add_argument("--psd-ramp-epochs", type=float, default=None,
                        help="the ramp in epochs instead of steps (default: all of --epochs)")
-    group.add_argument("--psd-soft-fraction", type=float, default=1.0,
-                       help="fraction of rows per direction that get the soft target")
+    group.add_argument("--psd-soft-fraction-end", "--psd-soft-fraction", dest="psd_soft_fraction", type=float,
+                       default=None, help="fraction of rows per direction that get the soft target; with a "
+                                          "soft-fraction ramp, the fraction it ends at (default 1)")
+    group.add_argument("--psd-soft-fraction-start", type=float, default=None,
+                       help="the soft fraction at step 0 (default: the end fraction, no ramp)")
+    group.add_argument("--psd-soft-fraction-schedule", choices=FRACTION_SCHEDULES, default=None,
+                       help="how the soft fraction goes from start to end: linear, cosine, or per_epoch (one "
+                            "equal rise at each epoch start). Default: linear with a start, else constant")
+    group.add_argument("--psd-soft-fraction-ramp-steps", type=int, default=None,
+                       help="optimizer steps from the start fraction to the end fraction")
+    group.add_argument("--psd-soft-fraction-ramp-epochs", type=float, default=None,
+                       help="that ramp in epochs (default: the alpha ramp's length)")
+    group.add_argument("--psd-soft-fraction-preset", choices=tuple(FRACTION_PRESETS), default=None,
+                       help="seed: the seed paper's soft fraction (Andonian et al. 2022): 0.1 of the batch in "
+                            "the first epoch, 0.1 more at each epoch start, all of it from the 10th epoch")
     group.add_argument("--psd-teacher", choices=TEACHERS, default=None,
                        help="teacher embeddings: self (the student, detached), ema (a momentum "
                             "copy of the student), prev_epoch (a snapshot taken at each epoch "
@@ -75,14 +93,8 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def _check(psd: argparse.Namespace) -> None:
     if not 0.0 <= psd.psd_alpha_max <= 1.0:
         raise FlagError(f"--psd-alpha-max must lie in [0, 1], got {psd.psd_alpha_max}")
-    if not 0.0 <= psd.psd_soft_fraction <= 1.0:
-        raise FlagError(f"--psd-soft-fraction must lie in [0, 1], got {psd.psd_soft_fraction}")
-    if psd.psd_ramp_steps is not None and psd.psd_ramp_epochs is not None:
-        raise FlagError("give --psd-ramp-steps or --psd-ramp-epochs, not both")
-    if psd.psd_ramp_steps is not None and psd.psd_ramp_steps < 0:
-        raise FlagError(f"--psd-ramp-steps must be >= 0, got {psd.psd_ramp_steps}")
-    if psd.psd_ramp_epochs is not None and psd.psd_ramp_epochs < 0:
-        raise FlagError(f"--psd-ramp-epochs must be >= 0, got {psd.psd_ramp_epochs}")
+    _check_ramp("--psd-ramp", psd.psd_ramp_steps, psd.psd_ramp_epochs)
+    _check_soft_fraction(psd)
     if psd.psd_teacher_scale is not None and not psd.psd_teacher_scale > 0:
         raise FlagError(f"--psd-teacher-scale must be positive, got {psd.psd_teacher_scale}")
     if not 0.0 <= psd.psd_ema_momentum < 1.0:
@@ -91,6 +103,50 @@ def _check(psd: argparse.Namespace) -> None:
         raise FlagError(f"--psd-threads must be >= 1, got {psd.psd_threads}")
     if psd.psd_eval_every < 0:
         raise FlagError(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
+
+
+def _check_ramp(flag: str, steps: int | None, epochs: float | None) -> None:
+    if steps is not None and epochs is not None:
+        raise FlagError(f"give {flag}-steps or {flag}-epochs, not both")
+    if steps is not None and steps < 0:
+        raise FlagError(f"{flag}-steps must be >= 0, got {steps}")
+    if epochs is not None and epochs < 0:
+        raise FlagError(f"{flag}-epochs must be >= 0, got {epochs}")
+
+
+def _check_soft_fraction(psd: argparse.Namespace) -> None:
+    if psd.psd_soft_fraction_preset is not None:
+        given = [f"--{name.replace('_', '-')}" for name in FRACTION_FLAGS if getattr(psd, name) is not None]
+        if given:
+            raise FlagError(f"--psd-soft-fraction-preset {psd.psd_soft_fraction_preset} sets the soft fraction; "
+                            f"drop {' '.join(given)}")
+        return
+    for flag, value in (("--psd-soft-fraction", psd.psd_soft_fraction),
+                        ("--psd-soft-fraction-start", psd.psd_soft_fraction_start)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise FlagError(f"{flag} must lie in [0, 1], got {value}")
+    _check_ramp("--psd-soft-fraction-ramp", psd.psd_soft_fraction_ramp_steps, psd.psd_soft_fraction_ramp_epochs)
+    schedule, start = psd.psd_soft_fraction_schedule, psd.psd_soft_fraction_start
+    if schedule == "constant" and start is not None:
+        raise FlagError("--psd-soft-fraction-schedule constant has no start: drop --psd-soft-fraction-start "
+                        "or pick linear, cosine or per_epoch")
+    if schedule not in (None, "constant") and start is None:
+        raise FlagError(f"--psd-soft-fraction-schedule {schedule} needs --psd-soft-fraction-start "
+                        "(the fraction it ramps from)")
+
+
+def without_distill_flags(argv: list[str]) -> list[str]:
+    """argv less --distill-model/--distill-pretrained and their values: psd_train builds that teacher
+    itself (open_clip_train's distillation path refuses --accum-freq > 1)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in DISTILL_FLAGS:
+            skip = True
+        elif not token.startswith(tuple(f"{flag}=" for flag in DISTILL_FLAGS)):
+            out.append(token)
+    return out
 
 
 def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
@@ -102,11 +158,8 @@ def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
         raise FlagError("--psd-teacher distill needs --distill-model and --distill-pretrained")
     if psd.psd_teacher != "distill" and distill:
         raise FlagError(f"--distill-model is given but --psd-teacher is {psd.psd_teacher!r}; "
-                         "drop one of them")
+                        "drop one of them")
     if args.siglip or "coca" in args.model.lower():
         raise FlagError("PSDLoss replaces the CLIP loss; SigLIP and CoCa models are not supported")
-    if args.accum_freq != 1 and psd.psd_alpha_max > 0:
-        raise FlagError("--accum-freq > 1 is not supported with PSD (the schedule counts "
-                         "one loss call per optimizer step)")
     if args.train_data is None and args.dataset_type != "synthetic":
         raise FlagError("--train-data is required")

@@ -19,31 +19,23 @@ class DataFileError(UsageError):
     """A training or evaluation data file is missing, unreadable or malformed."""
 
 
-def check_data_files(args, psd) -> int | None:
-    """Check the CSV data open_clip_train will read and the --psd-eval-data folder.
-
-    Returns the number of training rows (None when the training data is not a CSV).
-    """
-    n_train = None
+def check_data_files(args, psd) -> None:
+    """Check the CSV data open_clip_train will read and the --psd-eval-data folder."""
     for flag, path in (("--train-data", args.train_data), ("--val-data", args.val_data)):
-        if path is None or not _is_csv(args, path):
-            continue
-        rows = _check_csv(flag, path, args, progress=psd.psd_progress)
-        if flag == "--train-data":
-            n_train = rows
+        if path is not None and _is_csv(args, path):
+            _check_csv(flag, path, args, progress=psd.psd_progress)
     if psd.psd_eval_data is not None:
         for name in ("meta.json", "test.csv", "train.csv"):
             if not os.path.isfile(os.path.join(psd.psd_eval_data, name)):
                 raise DataFileError(f"--psd-eval-data {psd.psd_eval_data}: {name} is missing "
                                     "(build it with python -m psd_train.demo.data)")
-    return n_train
 
 
 def _is_csv(args, path: str) -> bool:
     return args.dataset_type == "csv" or (args.dataset_type == "auto" and path.rsplit(".", 1)[-1] in ("csv", "tsv"))
 
 
-def _check_csv(flag: str, path: str, args, progress: bool) -> int:
+def _check_csv(flag: str, path: str, args, progress: bool) -> None:
     if not os.path.isfile(path):
         raise DataFileError(f"{flag} {path}: file not found")
     try:
@@ -69,4 +61,3 @@ def _check_csv(flag: str, path: str, args, progress: bool) -> int:
             raise DataFileError(f"{flag} {path}: row {row}: image {image} not found") from exc
         except OSError as exc:
             raise DataFileError(f"{flag} {path}: row {row}: image {image} is corrupt ({exc})") from exc
-    return len(frame)

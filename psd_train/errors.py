@@ -5,30 +5,49 @@
 
     PSD_DEBUG=1 python -m psd_train ...     prints the traceback before that line
 
-Errors a user fixes on the command line or on disk (a flag, a data file, a checkpoint,
-an unsupported combination, an unsupported open_clip version) are UsageError subclasses
-whose message names the flag or file (and the row). Any other exception is a bug and
-keeps its traceback.
+Errors a user fixes on the command line, on disk or in the environment (a flag, a data
+file, a checkpoint, an unsupported combination, an unsupported open_clip version, a
+missing training extra) are UsageError subclasses whose message names the flag or file
+(and the row). Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
 
+# import name -> the distribution that provides it; all of them come with `pip install ".[train]"`
+TRAIN_EXTRAS = {"open_clip": "open_clip_torch", "open_clip_train": "open_clip_torch", "pandas": "pandas",
+                "sklearn": "scikit-learn", "scipy": "scipy", "mlxtend": "mlxtend", "matplotlib": "matplotlib",
+                "tensorboard": "tensorboard", "tqdm": "tqdm", "PIL": "pillow", "webdataset": "webdataset",
+                "braceexpand": "braceexpand"}
+
 
 class UsageError(Exception):
-    """A problem with the command line, a data file, a checkpoint or the installed open_clip."""
+    """A problem with the command line, a data file, a checkpoint or the installed packages."""
 
 
 class FlagError(UsageError):
     """A flag value, or a combination of flags, that psd_train does not accept."""
 
 
-def run_command(prog: str, main, argv: list[str] | None = None) -> int:
-    """Run main(argv); the exit status: 0, or 2 after one line on stderr for a UsageError."""
+def run_command(prog: str, target: str, argv: list[str] | None = None) -> int:
+    """Import target ("module:function") and call it with argv; the exit status for sys.exit.
+
+    0 on success; 2 after one line on stderr for a UsageError, including a training extra
+    that is not installed (psd_kernels alone needs only torch and numpy).
+    """
     try:
-        main(argv)
+        module, function = target.split(":")
+        try:
+            getattr(importlib.import_module(module), function)(argv)
+        except ModuleNotFoundError as exc:
+            package = TRAIN_EXTRAS.get((exc.name or "").split(".")[0])
+            if package is None:
+                raise
+            raise UsageError(f"{package} is not installed; {prog} needs the training extras: "
+                             f"pip install \".[train]\" in the psd repository (or make install)") from exc
     except UsageError as exc:
         if os.environ.get("PSD_DEBUG") == "1":
             traceback.print_exc()

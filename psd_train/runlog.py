@@ -17,7 +17,7 @@ import pandas as pd
 STEPS_CSV = "psd_steps.csv"
 METRICS_CSV = "psd_metrics.csv"
 FINAL_METRICS = "psd_final_metrics.json"
-STEP_FIELDS = ("epoch", "step", "loss", "alpha", "lr", "logit_scale")
+STEP_FIELDS = ("epoch", "step", "loss", "alpha", "soft_fraction", "lr", "logit_scale")
 
 
 def append_csv_rows(path: str, fields, rows) -> None:

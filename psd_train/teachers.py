@@ -2,17 +2,17 @@
 
     python -m psd_train --psd-alpha-max 0.5 --psd-teacher ema --psd-ema-momentum 0.99 ...
 
-A teacher only produces embeddings; PSDLoss turns them into targets. Teachers reach
-the loss through open_clip_train's distillation path: train_one_epoch calls
-`dist_model(images, texts)` under no_grad and hands its outputs to the loss as
-dist_image_features / dist_text_features / dist_logit_scale.
+A teacher only produces embeddings; PSDLoss turns them into targets. A teacher model's
+features reach the loss beside the student's (psd_train.feed), with or without
+--accum-freq; it runs under no_grad, in eval mode.
 
     self        no model: PSDLoss uses the student's own embeddings, detached
                 (with --psd-teacher-scale, at a fixed scale s~ instead of the student's)
     ema         a copy updated after every optimizer step: t <- m t + (1 - m) s
     prev_epoch  a copy refreshed at the start of every epoch e >= 1 (the student as it
                 ended epoch e - 1); epoch 0 has no previous epoch and uses self
-    distill     open_clip_train's frozen --distill-model
+    distill     a frozen model: open_clip's --distill-model / --distill-pretrained, built
+                here (open_clip_train's own distillation path refuses --accum-freq > 1)
 """
 from __future__ import annotations
 
@@ -47,25 +47,28 @@ class TeacherView(nn.Module):
 class Teacher:
     """Owns the teacher model (if any) and updates it at the right moments."""
 
-    def __init__(self, kind: str, ema_momentum: float = 0.99, fixed_scale: bool = False):
+    def __init__(self, kind: str, ema_momentum: float = 0.99, fixed_scale: bool = False,
+                 distill_model: nn.Module | None = None):
         if kind not in ("self", "ema", "prev_epoch", "distill"):
             raise ValueError(f"teacher kind must be self, ema, prev_epoch or distill, got {kind!r}")
+        if (kind == "distill") != (distill_model is not None):
+            raise ValueError("distill_model is needed for the distill teacher, and only for it")
         self.kind = kind
         self.momentum = ema_momentum
         self.keep_scale = not fixed_scale
-        self.model: nn.Module | None = None
+        self.model: nn.Module | None = distill_model
 
     def _copy_of(self, student: nn.Module) -> nn.Module:
         model = copy.deepcopy(student)
         model.requires_grad_(False)
         return model.eval()
 
-    def for_epoch(self, student: nn.Module, epoch: int, dist_model: nn.Module | None) -> nn.Module | None:
-        """The model train_one_epoch should call as dist_model in `epoch`, or None (self)."""
+    def for_epoch(self, student: nn.Module, epoch: int) -> nn.Module | None:
+        """The teacher model of `epoch`, or None (the student itself)."""
         if self.kind == "self":
             return None
         if self.kind == "distill":
-            return TeacherView(dist_model, self.keep_scale)
+            return TeacherView(self.model, self.keep_scale)
         if self.kind == "prev_epoch":
             if epoch == 0:
                 return None
@@ -102,3 +105,14 @@ class Teacher:
         if state.get("weights") is not None:
             self.model = self._copy_of(student)
             self.model.load_state_dict(state["weights"])
+
+
+def load_distill_model(name: str, pretrained: str, args) -> nn.Module:
+    """The frozen --distill-model, built as open_clip_train 3.3.0 builds it (same device and precision)."""
+    import open_clip
+
+    model, _, _ = open_clip.create_model_and_transforms(name, pretrained, device=args.device,
+                                                        precision=args.precision, output_dict=True,
+                                                        cache_dir=args.cache_dir)
+    model.requires_grad_(False)
+    return model.eval()

@@ -8,6 +8,7 @@ pytest-benchmark cases per provider so regressions show.
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -20,10 +21,12 @@ BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 sys.path.insert(0, BENCH_DIR)
 
 import benchmark_psd_loss  # noqa: E402
+import device_check  # noqa: E402
 import plot  # noqa: E402
+import providers  # noqa: E402
 from chunked_loss import chunked_clip_loss  # noqa: E402
 from memory import PeakMemory, release_freed_memory_to_os  # noqa: E402
-from providers import Case, all_providers, make_inputs  # noqa: E402
+from providers import Case, InfClProvider, all_providers, make_inputs  # noqa: E402
 from runner import IsolatedWorker  # noqa: E402
 
 from psd_kernels import psd_clip_loss  # noqa: E402
@@ -214,6 +217,59 @@ def test_script_and_plot_smoke(tmp_path):
     assert plot.main(["--data", str(tmp_path / "psd_clip_loss.csv"), "--out", str(tmp_path / "plots")]) == 0
     pngs = sorted((tmp_path / "plots").glob("*.png"))
     assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_device_check_shares_the_schema_providers_and_row_writer():
+    """The GPU check writes the CPU benchmark's CSV schema through its row writer and times
+    providers from the one list (benchmarks/providers.py)."""
+    assert device_check.CSV_FIELDS is benchmark_psd_loss.CSV_FIELDS
+    assert device_check.append_csv is benchmark_psd_loss.append_csv
+    assert device_check.all_providers is providers.all_providers
+    assert device_check.Case is providers.Case and device_check.make_inputs is providers.make_inputs
+    chosen, skipped = device_check.gpu_providers(torch.device("cpu"), variants=False)
+    assert {p.name for p in chosen} <= set(device_check.GPU_PROVIDERS)
+    assert "inf-cl" in skipped and "psd-triton" in skipped            # no CUDA here
+
+
+def test_inf_cl_provider_says_why_it_does_not_run():
+    cpu = torch.device("cpu")
+    _, skipped = all_providers(cpu, torch.bfloat16)
+    assert "need a CUDA device" in skipped["inf-cl"]
+    inf_cl = InfClProvider("inf-cl", "")
+    assert "need a CUDA device" in inf_cl.unavailable(Case(64, 512), cpu)
+    assert "multiple of its head_dim 256, got D = 500" in inf_cl.unavailable(Case(64, 500), torch.device("cuda"))
+    assert "hard labels only" in inf_cl.unavailable(Case(64, 512, "separate"), torch.device("cuda"))
+
+
+def test_triton_variants_set_their_environment_around_the_call(monkeypatch):
+    """A variant provider sets its environment for the call only (psd_kernels.triton_psd reads it)."""
+    monkeypatch.delenv("PSD_TRITON_COLUMN_STATS", raising=False)
+    seen = {}
+    monkeypatch.setattr("psd_kernels.psd_clip_loss",
+                        lambda *a, **k: seen.setdefault("mode", os.environ.get("PSD_TRITON_COLUMN_STATS")))
+    variant = providers.PSDProvider("psd-triton [column sweep]", "", backend="triton",
+                                    env=(("PSD_TRITON_COLUMN_STATS", "sweep"),))
+    variant.build(Case(8, 4))(make_inputs(Case(8, 4), torch.device("cpu")))
+    assert seen["mode"] == "sweep" and "PSD_TRITON_COLUMN_STATS" not in os.environ
+
+
+def test_device_check_dry_run(tmp_path):
+    """The GPU check end to end on CPU (TRITON_INTERPRET=1, tiny sizes): rows in the shared schema,
+    plottable time and memory rows, every stage reached."""
+    result = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "device_check.py"), "--dry-run",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(tmp_path / "device_check.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == benchmark_psd_loss.CSV_FIELDS
+        rows = list(reader)
+    assert {r["op"] for r in rows} == {"psd_correctness", "matmul_bf16", "psd_clip_loss"}
+    timed = {r["provider"] for r in rows if r["op"] == "psd_clip_loss" and r["metric"] == "time"}
+    assert {"psd-cpp", "psd-triton", "psd-triton [column sweep]"} <= timed
+    assert all(json.loads(r["config"]) is not None for r in rows)
+    assert "inf-cl not run: Inf-CL's Triton kernels need a CUDA device" in result.stdout
+    assert "## B = 64, D = 16" in result.stdout and "total" in result.stdout
+    assert plot.main(["--data", str(tmp_path / "device_check.csv"), "--out", str(tmp_path / "plots")]) == 0
 
 
 _PROVIDERS, _ = all_providers(torch.device("cpu"))

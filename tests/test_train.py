@@ -6,6 +6,7 @@ Runs open_clip_train for real on a 64-image slice of the demo data with psd-tiny
 (4 steps of 16 per epoch).
 """
 import csv
+import math
 import os
 
 import pandas as pd
@@ -108,7 +109,7 @@ def test_distill_teacher(data, tmp_path, clip_and_self):
 def test_ema_update_and_prev_epoch_snapshot():
     student = torch.nn.Linear(3, 2)
     ema = Teacher("ema", ema_momentum=0.9)
-    ema.for_epoch(student, 0, None)
+    ema.for_epoch(student, 0)
     before = ema.model.weight.clone()
     with torch.no_grad():
         student.weight.add_(1.0)
@@ -116,8 +117,8 @@ def test_ema_update_and_prev_epoch_snapshot():
     assert torch.allclose(ema.model.weight, 0.9 * before + 0.1 * student.weight)
 
     prev = Teacher("prev_epoch")
-    assert prev.for_epoch(student, 0, None) is None
-    prev.for_epoch(student, 1, None)
+    assert prev.for_epoch(student, 0) is None
+    prev.for_epoch(student, 1)
     snapshot = student.weight.clone()
     with torch.no_grad():
         student.weight.add_(1.0)
@@ -133,10 +134,10 @@ def test_resume_matches_uninterrupted_run(data, tmp_path, monkeypatch):
     import open_clip_train.main as oc_main
     original = oc_main.train_one_epoch
 
-    def crash_in_epoch_2(model, data_, loss, epoch, *rest, **kw):
+    def crash_in_epoch_2(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash")
-        return original(model, data_, loss, epoch, *rest, **kw)
+        return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
 
     monkeypatch.setattr(oc_main, "train_one_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -154,6 +155,52 @@ def test_resume_matches_uninterrupted_run(data, tmp_path, monkeypatch):
     steps_a, steps_b = read_steps(full), read_steps(resumed)
     assert [r["step"] for r in steps_b] == [r["step"] for r in steps_a]
     assert [float(r["loss"]) for r in steps_b] == pytest.approx([float(r["loss"]) for r in steps_a], rel=1e-5)
+
+
+def test_accum_freq_with_ema_teacher(data, tmp_path):
+    """--accum-freq 4: one optimizer step per 4 micro-batches; the schedules count optimizer steps."""
+    result = main(argv(data, tmp_path, "accum", "--batch-size", "8", "--accum-freq", "4", "--psd-alpha-max", "0.3",
+                       "--psd-teacher", "ema", "--psd-ema-momentum", "0.5"))
+    steps = read_steps(result)
+    # 64 rows / 8 = 8 micro-batches per epoch = 2 optimizer steps; alpha ramps linearly over the 4 steps
+    assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in steps] == [0, 0, 1, 1]
+    assert [float(r["alpha"]) for r in steps] == pytest.approx([0.0, 0.075, 0.15, 0.225])
+    assert all(math.isfinite(float(r["loss"])) for r in steps)
+    checkpoint = load_checkpoint(result["checkpoint"])
+    assert checkpoint["psd"]["loss"]["_extra_state"]["step"] == 4
+    assert checkpoint["psd"]["teacher"]["weights"] is not None
+
+
+def test_soft_fraction_schedule_in_step_log_and_tensorboard(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = main(argv(data, tmp_path, "fraction", "--psd-alpha-max", "0.5", "--psd-soft-fraction-preset", "seed",
+                       "--report-to", "tensorboard"))
+    # the seed paper's preset: 0.1 of the rows in epoch 0, 0.2 in epoch 1 (4 steps per epoch)
+    expected = [0.1] * 4 + [0.2] * 4
+    assert [float(r["soft_fraction"]) for r in read_steps(result)] == pytest.approx(expected)
+    events = EventAccumulator(os.path.join(result["log_dir"], "tensorboard")).Reload()
+    assert [e.value for e in events.Scalars("psd/soft_fraction")] == pytest.approx(expected)
+
+
+def test_amp_bf16_on_cpu(data, tmp_path, monkeypatch):
+    """--precision amp_bf16 on CPU: autocast hands the loss bfloat16 features, as a GPU run would."""
+    import psd_train.loss
+
+    dtypes = []
+
+    class RecordingLoss(psd_train.loss.PSDLoss):
+        def forward(self, image_features, text_features, logit_scale, **kwargs):
+            dtypes.append((image_features.dtype, kwargs["dist_image_features"].dtype))
+            return super().forward(image_features, text_features, logit_scale, **kwargs)
+
+    monkeypatch.setattr(psd_train.loss, "PSDLoss", RecordingLoss)
+    result = main(argv(data, tmp_path, "bf16", "--precision", "amp_bf16", "--psd-alpha-max", "0.5",
+                       "--psd-soft-fraction", "0.5", "--psd-teacher", "ema", epochs=1))
+    assert dtypes == [(torch.bfloat16, torch.bfloat16)] * 4
+    losses = [float(r["loss"]) for r in read_steps(result)]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
 def test_atomic_save_keeps_previous_checkpoint_on_crash(tmp_path, monkeypatch):

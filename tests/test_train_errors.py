@@ -70,12 +70,12 @@ def test_corrupt_checkpoint_is_reported(data, tmp_path):
 def test_usage_error_is_one_line_and_status_2(data, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PSD_DEBUG", raising=False)
     args = argv(data, tmp_path, "bad", "--resume", str(tmp_path / "missing.pt"))
-    assert run_command("python -m psd_train", main, args) == 2
+    assert run_command("python -m psd_train", "psd_train.main:main", args) == 2
     err = capsys.readouterr().err
     assert err == f"python -m psd_train: error: checkpoint {tmp_path / 'missing.pt'} does not exist\n"
 
     monkeypatch.setenv("PSD_DEBUG", "1")
-    assert run_command("python -m psd_train", main, args) == 2
+    assert run_command("python -m psd_train", "psd_train.main:main", args) == 2
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and err.endswith("does not exist\n")
 

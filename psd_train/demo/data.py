@@ -341,4 +341,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command("python -m psd_train.demo.data", main))
+    sys.exit(run_command("python -m psd_train.demo.data", "psd_train.demo.data:main"))

@@ -258,4 +258,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command("python -m psd_train.demo.evaluate", main))
+    sys.exit(run_command("python -m psd_train.demo.evaluate", "psd_train.demo.evaluate:main"))

@@ -176,4 +176,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command("python -m psd_train.sweep", main))
+    sys.exit(run_command("python -m psd_train.sweep", "psd_train.demo.sweep:main"))

@@ -1,0 +1,297 @@
+"""Roofline of the symmetric PSD loss (forward + backward) on Hopper: FLOPs, HBM bytes, predicted time.
+
+    .venv/bin/python -m psd_kernels.roofline            # a table
+    .venv/bin/python -m psd_kernels.roofline --json     # one JSON object per row
+
+For each case (B = 32768, D = 512 with a self teacher and with a separate teacher of
+width D' = D; B = 1,048,576, D = 512, self teacher), each GPU backend and each GPU
+(H100 SXM, H200): the useful FLOPs, the FLOPs the backend's algorithm executes, the
+HBM bytes it moves, and the predicted time = max(compute time, memory time), with
+the bound that sets it. bf16 inputs (the GPU benchmark's dtype).
+
+FLOPs. Useful work, as benchmarks/device_check.py counts it: 6 B^2 D + 2 B^2 D'
+(forward: 2 B^2 D for the student dot products both directions share, + 2 B^2 D' for
+a separate teacher's; backward: the two gradient products, 4 B^2 D). A self teacher
+(the student's own detached embeddings, at its scale or another) adds no product:
+its logits are a multiple of the student's (D' = 0 here). Executed: what each
+backend's algorithm runs, counting matrix products only (the element-wise
+epilogues, exp included, are left out):
+
+    psd-triton   forward: one sweep with column partials, 2 B^2 (D + D'); backward
+                 (the default split mode, a kernel per side): each side recomputes
+                 the scores, 2 B^2 (D + D'), and forms its gradient, 2 B^2 D:
+                 10 B^2 D + 6 B^2 D' in all, on bf16 tensor cores.
+    psd-cpp      (csrc/psd_loss.cpp, CUDA) the forward_backward op: sweep 1 computes
+                 the scores of every block of R = 2^26 / B rows (one cuBLAS GEMM, one
+                 more for a separate teacher) for the row and column statistics;
+                 sweep 2 recomputes them for every block but the last (still in the
+                 buffer), forms G and runs the dx and dy GEMMs:
+                 2 B^2 (D + D') + 2 (B - r_last) B (D + D') + 4 B^2 D, in fp32 (the
+                 op upcasts fp16/bf16 inputs to fp32 copies): fp32 CUDA cores, or
+                 TF32 tensor cores when torch.backends.cuda.matmul.allow_tf32 is set
+                 (row "psd-cpp [tf32]").
+
+HBM bytes: a lower bound, each kernel or GEMM launch reading its operands and writing
+its results once (tiles re-read within a launch are taken to hit L2), per-row
+vectors of O(B) floats left out except where a launch sweeps them per block.
+
+    psd-triton   forward: x, y (+ the teacher's) once; the per-(row, split) partials
+                 (6 floats) written and merged, the per-(group, column) partials
+                 (5 floats) zeroed, written and merged. Backward, per side: both
+                 inputs (+ the teacher's), fp32 gradient rows per column split
+                 written, summed/cast to bf16. The one-sweep kernels re-read column
+                 tiles per row block; that the programs sharing a column split keep
+                 them in L2 is assumed here; the printout also gives the re-read
+                 bytes and their time if they all came from HBM (triton_tile_rereads).
+    psd-cpp      fp32 copies of the inputs; per block, each GEMM reads its block
+                 rows and all of y (x for dy) and writes (or reads and writes, dy) its
+                 output; the R x B fp32 score blocks round-trip HBM: sweep 1 writes
+                 them and the row- and column-statistics kernels read them, sweep 2
+                 rewrites them, form_grad reads them and writes G over them, the dx
+                 and dy GEMMs read G (8 passes over B^2 fp32 for a self teacher, 13 with
+                 a separate one); the column statistics (6 floats per column) are
+                 read and written by every block of sweep 1, the column coefficients
+                 (4) read by every block of sweep 2 (a self teacher at its own scale, as
+                 in the benchmark, keeps teacher statistics too); the gradients are cast back.
+
+Peak rates and bandwidths are NVIDIA's datasheet figures (dense, no sparsity); what
+a GPU reaches is lower (benchmarks/device_check.py measures bf16 torch.mm in the same
+run as the losses).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+BF16_BYTES = 2
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    bf16_tensor: float   # dense bf16 tensor-core rate, FLOP/s
+    tf32_tensor: float   # dense TF32 tensor-core rate, FLOP/s
+    fp32: float          # fp32 CUDA-core (non-tensor) rate, FLOP/s
+    hbm: float           # HBM bandwidth, bytes/s
+    sms: int             # streaming multiprocessors (the Triton backend sizes its grid by them)
+
+
+# NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column: BF16 Tensor Core 1,979 TFLOPS
+# and TF32 Tensor Core 989 TFLOPS "with sparsity" (dense: half, 989.4 and 494.7, the H100
+# whitepaper's dense figures), FP32 67 TFLOPS (66.9 in the whitepaper), GPU memory
+# bandwidth 3.35 TB/s; 132 SMs (H100 whitepaper, SXM5).
+H100_SXM = GPU("H100 SXM", bf16_tensor=989.4e12, tf32_tensor=494.7e12, fp32=66.9e12, hbm=3.35e12, sms=132)
+# NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column: the same compute figures as the
+# H100 SXM (BF16 1,979 / TF32 989 TFLOPS with sparsity, FP32 67 TFLOPS; same GH100 chip,
+# 132 SMs), GPU memory bandwidth 4.8 TB/s (HBM3e).
+H200 = GPU("H200", bf16_tensor=989.4e12, tf32_tensor=494.7e12, fp32=66.9e12, hbm=4.8e12, sms=132)
+GPUS = (H100_SXM, H200)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    dim: int
+    teacher: str = "self"    # "self": no teacher product; "separate": a teacher of width teacher_dim
+    teacher_dim: int = 0
+
+    @property
+    def d_teacher(self) -> int:
+        """D' of the products a teacher adds: 0 for a self teacher."""
+        return self.teacher_dim if self.teacher == "separate" else 0
+
+
+CASES = (Case("B=32768 D=512 self teacher", 32768, 512),
+         Case("B=32768 D=512 separate teacher D'=512", 32768, 512, "separate", 512),
+         Case("B=1048576 D=512 self teacher", 1 << 20, 512))
+
+
+def useful_flops(case: Case) -> float:
+    """6 B^2 D + 2 B^2 D': forward 2 B^2 (D + D'), backward's two gradient products 4 B^2 D."""
+    b2 = float(case.batch) ** 2
+    return 6 * b2 * case.dim + 2 * b2 * case.d_teacher
+
+
+def triton_flops(case: Case) -> float:
+    """Forward 2 B^2 (D + D') once; backward per side (two sides): recompute 2 B^2 (D + D') + 2 B^2 D."""
+    b2 = float(case.batch) ** 2
+    forward = 2 * b2 * (case.dim + case.d_teacher)
+    per_side = 2 * b2 * (case.dim + case.d_teacher) + 2 * b2 * case.dim
+    return forward + 2 * per_side
+
+
+def cpp_blocks(batch: int) -> tuple[int, int, int]:
+    """(R, blocks, rows of the last block) of the CUDA driver: R = max(1, 2^26 // B) capped at B
+    (csrc/psd_loss.cpp: block_rows, a 256 MB fp32 buffer)."""
+    rows = max(1, min((1 << 26) // batch, batch))
+    blocks = math.ceil(batch / rows)
+    return rows, blocks, batch - (blocks - 1) * rows
+
+
+def cpp_flops(case: Case) -> float:
+    """Sweep 1: 2 B^2 (D + D'); sweep 2: the same again for all but the last block, + dx, dy: 4 B^2 D."""
+    b, k = float(case.batch), case.dim + case.d_teacher
+    _, _, last = cpp_blocks(case.batch)
+    return 2 * b * b * k + 2 * (b - last) * b * k + 4 * b * b * case.dim
+
+
+def _triton_groups(batch: int, sms: int) -> tuple[int, int]:
+    """(row groups, column splits) of the one-sweep symmetric forward (triton_psd._groups)."""
+    target = 2 * sms
+    groups = max(1, min(math.ceil(batch / 128), math.isqrt(target)))
+    return groups, max(1, min(math.ceil(batch / 128), math.ceil(target / groups)))
+
+
+def _triton_bwd_splits(batch: int, sms: int) -> int:
+    """Column splits of one backward call (triton_psd._num_splits with 64-row blocks, cap 8)."""
+    row_blocks = math.ceil(batch / 64)
+    return max(1, min(8, math.ceil(batch / 64), math.ceil(2 * sms / row_blocks)))
+
+
+def triton_bytes(case: Case, gpu: GPU) -> float:
+    b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
+    inputs = 2 * b * (d + dt) * e
+    groups, splits = _triton_groups(b, gpu.sms)
+    row_partials = 2 * 6 * b * splits * f          # written by the kernel, read by the merge
+    col_partials = 3 * 5 * groups * b * f          # zeroed, written by the kernel, read by the merge
+    forward = inputs + row_partials + col_partials
+    s = _triton_bwd_splits(b, gpu.sms)
+    grad_rows = s * b * d * f                      # fp32 gradient rows per split, written by the kernel
+    cast = b * d * f + b * d * e                   # fp32 rows read, bf16 gradient written
+    reduce = grad_rows + b * d * f + cast if s > 1 else cast  # several splits are summed first
+    return forward + 2 * (inputs + grad_rows + reduce)
+
+
+def triton_tile_rereads(case: Case, forward_rows: int = 128, backward_rows: int = 32) -> float:
+    """Bytes the Triton kernels read in column tiles if none of the re-reads hit L2: every row
+    block of the forward (forward_rows rows) and of each backward side (backward_rows; both
+    autotuned: 64-128 and 16-64) streams all B columns of bf16 embeddings (+ the teacher's),
+    the backward's twice (the product and G @ b)."""
+    b = case.batch
+    column_bytes = b * (case.dim + case.d_teacher) * BF16_BYTES
+    backward_bytes = b * (2 * case.dim + case.d_teacher) * BF16_BYTES
+    return math.ceil(b / forward_rows) * column_bytes + 2 * math.ceil(b / backward_rows) * backward_bytes
+
+
+def cpp_bytes(case: Case) -> float:
+    b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
+    separate = case.teacher == "separate"
+    rows, blocks, last = cpp_blocks(b)
+    total = 2 * b * (d + dt) * (e + f)             # fp32 copies of x, y (+ the teacher's)
+    total += b * d * f                             # dy zeroed
+    products = 2 if separate else 1                # score blocks per block: d (+ t)
+    col_stats, col_coef = 6, 4                     # with teacher statistics (both cases here)
+    for r, recompute in ((rows, True), (last, False)):
+        n = blocks - 1 if recompute else 1         # the last block is the one sweep 2 does not recompute
+        block = r * b * f
+        gemm_in = r * d * f + b * d * f + (r * dt * f + b * dt * f if separate else 0)
+        sweep1 = gemm_in + products * block        # GEMM(s): read block rows and all columns, write scores
+        sweep1 += products * block                 # row statistics read the scores
+        sweep1 += products * block + 2 * col_stats * b * f  # column statistics: scores; stats read, written
+        sweep2 = (gemm_in + products * block) if recompute else 0
+        sweep2 += products * block + block + col_coef * b * f  # form_grad reads d (+ t), writes G
+        sweep2 += block + b * d * f + r * d * f    # dx = s G y
+        sweep2 += block + r * d * f + 2 * b * d * f  # dy += s G^T x_blk
+        total += n * (sweep1 + sweep2)
+    total += 2 * (b * d * f + b * d * e)           # dx, dy cast back to bf16
+    return total
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    precision: str          # which peak rate its products run at: "bf16", "tf32" or "fp32"
+    flops: Callable[[Case], float]
+    bytes: Callable[[Case, GPU], float]
+
+
+BACKENDS = (
+    Backend("psd-triton", "bf16", triton_flops, triton_bytes),
+    Backend("psd-cpp", "fp32", cpp_flops, lambda case, gpu: cpp_bytes(case)),
+    Backend("psd-cpp [tf32]", "tf32", cpp_flops, lambda case, gpu: cpp_bytes(case)),
+)
+
+
+def peak_rate(gpu: GPU, precision: str) -> float:
+    return {"bf16": gpu.bf16_tensor, "tf32": gpu.tf32_tensor, "fp32": gpu.fp32}[precision]
+
+
+def predict(case: Case, backend: Backend, gpu: GPU) -> dict:
+    """One row: FLOPs, bytes, compute and memory time, the predicted time and its bound."""
+    executed = backend.flops(case)
+    moved = backend.bytes(case, gpu)
+    rate = peak_rate(gpu, backend.precision)
+    compute_s, memory_s = executed / rate, moved / gpu.hbm
+    predicted = max(compute_s, memory_s)
+    return {"case": case.name, "B": case.batch, "D": case.dim, "teacher": case.teacher, "D_teacher": case.d_teacher,
+            "gpu": gpu.name, "backend": backend.name, "precision": backend.precision,
+            "useful_flops": useful_flops(case), "executed_flops": executed, "hbm_bytes": moved,
+            "peak_flops_per_s": rate, "hbm_bytes_per_s": gpu.hbm,
+            "compute_ms": 1e3 * compute_s, "memory_ms": 1e3 * memory_s, "predicted_ms": 1e3 * predicted,
+            "bound": "compute" if compute_s >= memory_s else "memory",
+            "useful_tflops_per_s": useful_flops(case) / predicted / 1e12}
+
+
+def rows(cases=CASES, backends=BACKENDS, gpus=GPUS) -> list[dict]:
+    return [predict(case, backend, gpu) for case in cases for gpu in gpus for backend in backends]
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def table(results: list[dict]) -> str:
+    head = ("| case | GPU | backend | useful FLOP | executed FLOP (precision) | HBM bytes | compute ms | "
+            "memory ms | predicted ms | bound | useful TFLOP/s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        lines.append(f"| {r['case']} | {r['gpu']} | {r['backend']} | {_si(r['useful_flops'], 'FLOP')} | "
+                     f"{_si(r['executed_flops'], 'FLOP')} ({r['precision']}) | {_si(r['hbm_bytes'], 'B')} | "
+                     f"{r['compute_ms']:.4g} | {r['memory_ms']:.4g} | {r['predicted_ms']:.4g} | {r['bound']} | "
+                     f"{r['useful_tflops_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+NOTES = (
+    "Peaks: dense datasheet rates (bf16 tensor 989.4, TF32 tensor 494.7, fp32 66.9 TFLOP/s; HBM 3.35 TB/s "
+    "H100 SXM, 4.8 TB/s H200). Executed FLOPs: matrix products only. HBM bytes: a lower bound, each launch "
+    "reading its operands and writing its results once.",
+    "psd-cpp: fp32 cuBLAS on fp32 copies (no tensor cores unless torch.backends.cuda.matmul.allow_tf32 = True, "
+    "the [tf32] rows); its R x B fp32 score blocks round-trip HBM 8 times (13 with a separate teacher) and at "
+    "B = 1,048,576 (R = 64 rows) every block's GEMMs re-read all of y and read and write all of dy.",
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
+    args = parser.parse_args(argv)
+    results = rows()
+    if args.json:
+        for r in results:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    print(table(results))
+    print()
+    for note in NOTES:
+        print(f"- {note}")
+    for case in CASES:
+        reread = triton_tile_rereads(case)
+        print(f"- psd-triton, {case.name}: the column tiles re-read per row block (128-row forward, 32-row "
+              f"backward blocks) are {_si(reread, 'B')}; served by L2 above (programs sharing columns run in "
+              f"step); from HBM they would take {1e3 * reread / H100_SXM.hbm:.4g} ms on the H100 SXM, "
+              f"{1e3 * reread / H200.hbm:.4g} ms on the H200.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

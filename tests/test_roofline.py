@@ -1,0 +1,87 @@
+"""psd_kernels.roofline: its formulas on small cases, counted by hand here, and the printout.
+
+    .venv/bin/python -m pytest tests/test_roofline.py -q
+"""
+import json
+
+import pytest
+
+from psd_kernels import roofline as R
+
+# B = 16384, D = 64, a separate teacher of width D' = 32; B^2 = 268,435,456.
+SMALL = R.Case("small", 16384, 64, "separate", 32)
+
+
+def test_useful_flops_are_6_b2_d_plus_2_b2_dprime():
+    # forward 2 B^2 (64 + 32) + backward 4 B^2 64 = 448 B^2
+    assert R.useful_flops(SMALL) == 120_259_084_288
+    # a self teacher adds no product: 6 B^2 D = 384 B^2
+    assert R.useful_flops(R.Case("self", 16384, 64)) == 103_079_215_104
+
+
+def test_triton_executes_one_forward_and_a_recomputing_backward_per_side():
+    # forward 2 B^2 96 = 192 B^2; per side: recompute 192 B^2 + gradient 128 B^2; two sides: 640 B^2
+    assert R.triton_flops(SMALL) == 223_338_299_392          # 832 B^2
+
+
+def test_cpp_recomputes_all_blocks_but_the_last():
+    assert R.cpp_blocks(16384) == (4096, 4, 4096)            # R = 2^26 / B rows, 4 blocks
+    assert R.cpp_blocks(3) == (3, 1, 3)                      # R capped at B
+    assert R.cpp_blocks(1 << 20) == (64, 16384, 64)
+    # sweep 1: 2 B^2 96 = 51,539,607,552; sweep 2 recomputes 3 of the 4 blocks (12288 rows):
+    # 2 * 12288 * 16384 * 96 = 38,654,705,664; dx and dy: 4 B^2 64 = 68,719,476,736
+    assert R.cpp_flops(SMALL) == 158_913_789_952
+    # one block: nothing recomputed, the executed FLOPs are the useful ones
+    one = R.Case("one", 1024, 64, "separate", 32)
+    assert R.cpp_flops(one) == R.useful_flops(one)
+
+
+def test_cpp_bytes_pass_by_pass():
+    # B = 4, D = 2, self teacher, one block of R = 4 rows; bf16 = 2 bytes, fp32 = 4.
+    # fp32 copies: read 2*4*2*2 = 32, write 2*4*2*4 = 64; dy zeroed: 32          -> 128
+    # sweep 1: GEMM reads x_blk 32 + y 32, writes the 4x4 block 64; row stats read 64;
+    #          column stats read 64 and read + write 6 column vectors 2*6*4*4 = 192 -> 448
+    # sweep 2 (no recompute for the last block): form_grad reads 64, writes 64, reads 4
+    #          coefficient vectors 64; dx reads G 64 + y 32, writes 32; dy reads G 64 + x_blk 32,
+    #          reads and writes dy 64                                                 -> 480
+    # dx, dy cast back: 2 * (32 + 16)                                                 -> 96
+    assert R.cpp_bytes(R.Case("tiny", 4, 2)) == 128 + 448 + 480 + 96
+
+
+def test_triton_bytes_pass_by_pass():
+    # B = 128, D = 64, self teacher, 132 SMs: forward 1 row group x 1 column split, backward 2 splits.
+    assert R._triton_groups(128, 132) == (1, 1) and R._triton_bwd_splits(128, 132) == 2
+    inputs = 2 * 128 * 64 * 2                                # x, y in bf16: 32768
+    forward = inputs + 2 * 6 * 128 * 4 + 3 * 5 * 128 * 4     # row partials written + read, column partials
+    grad = 2 * 128 * 64 * 4                                  # fp32 rows of 2 splits: 65536
+    side = inputs + grad + (grad + 128 * 64 * 4) + (128 * 64 * 4 + 128 * 64 * 2)  # write; sum; cast
+    assert R.triton_bytes(R.Case("tiny", 128, 64), R.H100_SXM) == forward + 2 * side == 538_112
+
+
+def test_prediction_is_the_larger_time_and_names_its_bound():
+    tri = R.predict(SMALL, R.BACKENDS[0], R.H100_SXM)
+    assert tri["compute_ms"] == pytest.approx(1e3 * 223_338_299_392 / 989.4e12)
+    assert tri["predicted_ms"] == max(tri["compute_ms"], tri["memory_ms"]) and tri["bound"] == "compute"
+    cpp = {b.name: R.predict(SMALL, b, R.H200) for b in R.BACKENDS}
+    assert cpp["psd-cpp"]["compute_ms"] == pytest.approx(1e3 * 158_913_789_952 / 66.9e12)
+    assert cpp["psd-cpp [tf32]"]["compute_ms"] == pytest.approx(1e3 * 158_913_789_952 / 494.7e12)
+    assert cpp["psd-cpp"]["memory_ms"] == pytest.approx(1e3 * R.cpp_bytes(SMALL) / 4.8e12)
+    slow_memory = R.predict(R.CASES[2], R.BACKENDS[2], R.H100_SXM)   # B = 1M, tf32: y re-read per 64 rows
+    assert slow_memory["bound"] == "memory" and slow_memory["predicted_ms"] == slow_memory["memory_ms"]
+
+
+def test_datasheet_constants():
+    assert (R.H100_SXM.bf16_tensor, R.H100_SXM.tf32_tensor, R.H100_SXM.fp32, R.H100_SXM.hbm) == \
+        (989.4e12, 494.7e12, 66.9e12, 3.35e12)
+    assert (R.H200.bf16_tensor, R.H200.tf32_tensor, R.H200.fp32, R.H200.hbm) == (989.4e12, 494.7e12, 66.9e12, 4.8e12)
+
+
+def test_printout_runs(capsys):
+    assert R.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| psd-triton |") == 6 and "| memory |" in out and "| compute |" in out
+    assert R.main(["--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(R.CASES) * len(R.GPUS) * len(R.BACKENDS) == 18
+    assert {r["B"] for r in rows} == {32768, 1 << 20} and {r["gpu"] for r in rows} == {"H100 SXM", "H200"}
+    assert all(r["predicted_ms"] == max(r["compute_ms"], r["memory_ms"]) for r in rows)

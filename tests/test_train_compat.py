@@ -1,0 +1,73 @@
+"""psd_train's hold on open_clip_train: the version guard, the patch and its undoing, the teacher feed.
+
+    .venv/bin/python -m pytest tests/test_train_compat.py -q
+"""
+import logging
+import warnings
+
+import open_clip_train.main as oc_main
+import pytest
+import torch
+
+from psd_train import compat
+from psd_train.compat import OpenClipVersionError, check_open_clip, patched
+from psd_train.feed import StudentWithTeacher, for_loop
+
+
+def test_installed_open_clip_passes():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_open_clip()
+
+
+def test_changed_signature_stops_with_both_versions(monkeypatch):
+    def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args, tb_writer=None):
+        pass
+
+    monkeypatch.setattr(oc_main, "train_one_epoch", train_one_epoch)
+    with pytest.raises(OpenClipVersionError) as error:
+        check_open_clip()
+    message = str(error.value)
+    assert f"open_clip_torch {compat.installed_version()} is installed" in message
+    assert "supports open_clip_torch 3.3.x (tested with 3.3.0)" in message
+    assert "open_clip_train.main.train_one_epoch(" in message and "\n" not in message
+
+
+def test_missing_name_stops(monkeypatch):
+    monkeypatch.delattr(oc_main, "setup_logging")
+    with pytest.raises(OpenClipVersionError, match="open_clip_train.main.setup_logging is missing"):
+        check_open_clip()
+
+
+def test_untested_version_with_the_same_signatures_warns(monkeypatch):
+    monkeypatch.setattr(compat, "installed_version", lambda: "3.4.0")
+    with pytest.warns(UserWarning, match="open_clip_torch 3.4.0 is untested"):
+        check_open_clip()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_patched_swaps_and_restores(quiet):
+    original = {name: getattr(oc_main, name) for name in ("train_one_epoch", "setup_logging", "create_loss")}
+    handlers = list(logging.root.handlers)
+
+    def replacement(*args, **kwargs):
+        pass
+
+    with patched(oc_main, replacement, quiet=quiet):
+        assert oc_main.train_one_epoch is replacement
+        assert oc_main.create_loss is original["create_loss"]  # never replaced
+        assert (oc_main.setup_logging is not original["setup_logging"]) == quiet
+        oc_main.setup_logging(None, logging.INFO)
+        console = [h for h in logging.root.handlers if h not in handlers]
+        assert [h.level for h in console] == [logging.WARNING if quiet else logging.NOTSET]
+    assert {name: getattr(oc_main, name) for name in original} == original
+    assert logging.root.handlers == handlers
+
+
+def test_feed_hides_the_teacher_from_the_optimizer():
+    student, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    model, loss = for_loop(student, teacher, loss_fn=lambda **kw: kw)
+    assert isinstance(model, StudentWithTeacher)
+    assert list(model.parameters()) == list(student.parameters())
+    assert model.module is student  # what open_clip_train's unwrap_model reads
+    assert for_loop(student, None, loss_fn=len) == (student, len)
