@@ -66,3 +66,16 @@ def test_epochs_per_size_must_match(tmp_path):
     with pytest.raises(FlagError, match="--epochs takes one value or one per --n-train size"):
         sweep_main(["--out", str(tmp_path), "--n-train", "64", "128", "--epochs", "1", "2", "3"])
     assert not os.path.exists(tmp_path / "results.csv")
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_is_valid_psd_flags(method, tmp_path):
+    from psd_train.args import split_args
+    ckpt = tmp_path / "clip.pt"
+    ckpt.write_bytes(b"")
+    psd, rest = split_args(method_flags(method, str(ckpt)))
+    assert 0.0 <= psd.psd_alpha_max <= 1.0
+    if method == "progressive":
+        assert psd.psd_soft_fraction_preset == "seed" and psd.psd_teacher == "prev_epoch"
+    if method == "born_again":
+        assert rest == ["--distill-model", "psd-tiny", "--distill-pretrained", str(ckpt)]

@@ -144,6 +144,10 @@ def load_curves(results_csv: str, method: str = "clip") -> pd.DataFrame:
         if os.path.isfile(path):
             curve = pd.read_csv(path)
             curve["n_train"], curve["noise"], curve["seed"] = n_train, r.noise, r.seed
+            steps_csv = os.path.join(os.path.dirname(path), "psd_steps.csv")
+            if os.path.isfile(steps_csv):  # the mean training loss of each epoch (0-based there)
+                loss = pd.read_csv(steps_csv).groupby("epoch")["loss"].mean()
+                curve["train_loss"] = [loss.get(e - 1, np.nan) for e in curve["epoch"]]
             parts.append(curve)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -196,7 +200,7 @@ def regime_tables(results_csv: str, method: str = "clip", every: int = 5) -> str
                                         include_groups=False)
             final = per_seed.last()
             n_swapped = int(round(p * n_train))
-            mem = final["memorised_r1"].mean() if "memorised_r1" in final else np.nan
+            mem = final["memorised_r1"].mean() if "memorised_r1" in final and p > 0 else np.nan
             cells = [f"{p:.0%}", f"{_pct(peak.mean())} ({', '.join(map(str, peak_epoch.tolist()))})",
                      _pct(final["zeroshot_top1"].mean()), f"{100 * (final['zeroshot_top1'] - peak).mean():+.1f}",
                      _pct(final["shift_mean_top1"].mean()),
@@ -205,17 +209,24 @@ def regime_tables(results_csv: str, method: str = "clip", every: int = 5) -> str
                      "-" if np.isnan(mem) else f"{_pct(mem)}% ({mem * n_swapped:.0f} of {n_swapped})",
                      "-" if np.isnan(mem) else _pct(final["swapped_true_r1"].mean())]
             out.append("| " + " | ".join(cells) + " |")
-        mem_rows = by_size[by_size["noise"] > 0]
-        if "memorised_r1" in by_size.columns and not mem_rows.empty:
-            out.append(f"\nswapped training pairs memorised (R@1 of the wrong caption, percent) over epochs:\n")
-            out.append("| epoch | " + " | ".join(f"noise {p:.0%}" for p in noises) + " |")
-            out.append("|---" * (1 + len(noises)) + "|")
-            for e in epochs:
-                cells = [str(e)]
-                for p in noises:
-                    v = mem_rows[(mem_rows["noise"] == p) & (mem_rows["epoch"] == e)]["memorised_r1"]
-                    cells.append(_pct(v.mean()) if len(v) else "-")
-                out.append("| " + " | ".join(cells) + " |")
+        out.append(f"\n### {method}, {n_train} training images: training set and held-out set over epochs "
+                   "(mean over seeds; loss: the epoch's mean training loss; memorised: percent of the swapped "
+                   "pairs whose image ranks its wrong caption first)\n")
+        noise_levels = sorted(by_size["noise"].unique())
+        head = ["epoch"]
+        for p in noise_levels:
+            head += [f"loss {p:.0%}", f"train zero-shot {p:.0%}", f"held-out zero-shot {p:.0%}"]
+            head += [f"memorised {p:.0%}"] if p > 0 else []
+        out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for e in epochs:
+            cells = [str(e)]
+            for p in noise_levels:
+                rows = by_size[(by_size["noise"] == p) & (by_size["epoch"] == e)]
+                keys = ["train_loss", "train_zeroshot_top1", "zeroshot_top1"] + (["memorised_r1"] if p > 0 else [])
+                for k in keys:
+                    v = rows[k].mean() if k in rows and len(rows) else np.nan
+                    cells.append("-" if np.isnan(v) else (f"{v:.2f}" if k == "train_loss" else _pct(v)))
+            out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

@@ -23,6 +23,9 @@ Methods (METHODS; alpha is the soft-target weight of PSDLoss):
     born_again   a frozen teacher: the final checkpoint of this sweep's CLIP run on the same
                  data and seed (open_clip's --distill-model psd-tiny --distill-pretrained CKPT),
                  alpha 0.5 from the first step
+    progressive  pskd with the seed paper's progressive soft subset (--psd-soft-fraction-preset
+                 seed: 10% of each batch's rows soft in the first epoch, 10% more each epoch, all
+                 from the 10th); pskd itself softens every row
     self, self_scale7, ema, prev_epoch, within_modality
                  the earlier short-budget teachers (alpha ramping to 0.3)
 """
@@ -55,6 +58,7 @@ METHODS = {
     "self_sharp": ["--psd-alpha-max", "0.5", "--psd-teacher-scale", "30"],
     "born_again": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--distill-model", DEMO_MODEL,
                    "--distill-pretrained", CLIP_CHECKPOINT],
+    "progressive": ["--psd-alpha-max", "0.8", "--psd-teacher", "prev_epoch", "--psd-soft-fraction-preset", "seed"],
     # the earlier short-budget teachers
     "self": ["--psd-alpha-max", ALPHA],
     "self_scale7": ["--psd-alpha-max", ALPHA, "--psd-teacher-scale", "7"],
@@ -62,7 +66,7 @@ METHODS = {
     "prev_epoch": ["--psd-alpha-max", ALPHA, "--psd-teacher", "prev_epoch"],
     "within_modality": ["--psd-alpha-max", ALPHA, "--psd-teacher-mode", "within_modality"],
 }
-DEFAULT_METHODS = ("clip", "pskd", "albef_ema", "self_sharp", "born_again")
+DEFAULT_METHODS = ("clip", "pskd", "albef_ema", "self_sharp", "born_again", "progressive")
 RESULTS = "results.csv"
 
 
