@@ -237,7 +237,8 @@ def results_table(rows: dict[str, dict], metrics=None) -> str:
     head = "| run | " + " | ".join(LABELS.get(m, m.replace("_top1", "")) for m in metrics) + " |"
     lines = [head, "|---|" + "---|" * len(metrics)]
     for label, values in rows.items():
-        lines.append(f"| {label} | " + " | ".join(_pct(values[m]) if m in values else "-" for m in metrics) + " |")
+        lines.append(f"| {label} | " + " | ".join(_pct(values[m]) if m in values and values[m] == values[m] else "-"
+                                                 for m in metrics) + " |")
     return "\n".join(lines)
 
 
@@ -271,7 +272,7 @@ def plot_runs(runs: dict[str, str], path: str, reference: dict[str, str] | None 
     axes[2].set(title="alpha schedule", xlabel="step", ylabel="alpha")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right" if ax is axes[1] else "best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

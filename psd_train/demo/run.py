@@ -60,13 +60,13 @@ def main(argv=None) -> dict:
     p.add_argument("--noise", type=float, default=0.5, help="fraction of training captions swapped")
     p.add_argument("--method", choices=[m for m in METHODS if m != "clip"], default=DEFAULT_METHOD,
                    help="the PSD teacher to compare with CLIP (psd_train.demo.sweep.METHODS)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--eval-every", type=int, default=4, help="epochs between evaluations (curves)")
+    p.add_argument("--eval-every", type=int, default=5, help="epochs between evaluations (curves)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on a busy machine)")
     p.add_argument("--no-clean-reference", dest="clean_reference", action="store_false",
