@@ -32,9 +32,9 @@ def test_clip_runs_first_and_born_again_loads_its_checkpoint(sweep):
                                                          ("clip", 0.5), ("born_again", 0.5)]
     assert set(frame["n_train"]) == {64} and {"memorised_r1", "train_fit_r1"} <= set(frame.columns)
     for noise in (0.0, 0.5):
-        params = (out / "logs" / f"born_again-n64-noise{noise}-seed0" / "params.txt").read_text()
+        log = (out / "logs" / f"born_again-n64-noise{noise}-seed0" / "out.log").read_text()
         clip_ckpt = out / "logs" / f"clip-n64-noise{noise}-seed0" / "checkpoints" / "psd_latest.pt"
-        assert f"distill_pretrained: {clip_ckpt}" in params  # the teacher is this seed's CLIP run
+        assert f"`pretrained` specifies file path: {clip_ckpt}" in log  # the teacher is this seed's CLIP run
 
 
 def test_finished_runs_are_skipped(sweep, capsys):

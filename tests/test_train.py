@@ -238,5 +238,5 @@ def test_demo_quick(tmp_path, parallel):
     assert list(out["metrics"]) == ["CLIP (50% noisy captions)", "PSD born_again (50% noisy captions)",
                                     "CLIP (clean captions)"]
     assert os.path.getsize(out["plot"]) > 10_000
-    params = (tmp_path / "logs" / "born_again" / "params.txt").read_text()
-    assert f"distill_pretrained: {tmp_path / 'logs' / 'clip' / 'checkpoints' / 'psd_latest.pt'}" in params
+    log = (tmp_path / "logs" / "born_again" / "out.log").read_text()
+    assert f"`pretrained` specifies file path: {tmp_path / 'logs' / 'clip' / 'checkpoints' / 'psd_latest.pt'}" in log
