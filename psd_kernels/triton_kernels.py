@@ -57,6 +57,42 @@ GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64,
                         keys=("BLOCK_M", "BLOCK_N", "BLOCK_K"))
 
 
+_ARCH_CACHE: dict = {}
+
+# Configs that psd_kernels.compile_check saw spill on one arch only (with Triton's ptxas flags),
+# as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N)); the prune functions drop them there.
+_ARCH_SPILLS = (
+    (100, "fwd", dict(TEACHER=0, COL_STATS=False), (128, 32)),
+    (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
+    (100, "fwd", dict(TEACHER=1), (64, 32)),
+    (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
+)
+
+
+def _arch(operand) -> int:
+    """Compute capability as 10 * major + minor of the device a launch runs on (cached per device),
+    0 under the interpreter; compile_check's stand-in operands carry theirs as `.arch`."""
+    if hasattr(operand, "arch"):
+        return operand.arch
+    device = operand.device
+    if device.type != "cuda":
+        return 0
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _ARCH_CACHE:
+        major, minor = torch.cuda.get_device_capability(index)
+        _ARCH_CACHE[index] = 10 * major + minor
+    return _ARCH_CACHE[index]
+
+
+def _drop_arch_spills(kernel, configs, named_args, kwargs):
+    arch = _arch(named_args["a_ptr"])
+    banned = {tile for a, k, when, tile in _ARCH_SPILLS
+              if a == arch and k == kernel and all(kwargs.get(n) == v for n, v in when.items())}
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) not in banned]
+    return kept or configs
+
+
 def _prune_wide(configs, named_args, **kwargs):
     """fp32 inputs (tf32/ieee dots, twice the operand bytes) keep the tiles of at most 64 x 64."""
     if named_args["a_ptr"].element_size() < 4:
@@ -65,13 +101,17 @@ def _prune_wide(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
+def _prune_grad(configs, named_args, **kwargs):
+    return _drop_arch_spills("grad", _prune_wide(configs, named_args, **kwargs), named_args, kwargs)
+
+
 def _prune_gemm(configs, named_args, **kwargs):
     """The accumulating product (db += s G^T a) reads A transposed and C back: its 128 x 128 tile
     spills on sm_80 (compile_check), so it keeps the smaller tiles."""
     kept = _prune_wide(configs, named_args, **kwargs)
     if kwargs.get("ACCUMULATE"):
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 128] or kept
-    return kept
+    return _drop_arch_spills("gemm", kept, named_args, kwargs)
 
 
 def _prune_fwd(configs, named_args, **kwargs):
@@ -81,7 +121,7 @@ def _prune_fwd(configs, named_args, **kwargs):
     kept = _prune_wide(configs, named_args, **kwargs)
     if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == 2:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
-    return kept
+    return _drop_arch_spills("fwd", kept, named_args, kwargs)
 
 
 @triton.jit
@@ -269,7 +309,7 @@ def _direction_grad(S, T, lse, lset, g, alpha, onehot, TEACHER: tl.constexpr):
 
 
 @triton.autotune(configs=GRAD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "A_DIR", "B_DIR"],
-                 prune_configs_by={"early_config_prune": _prune_wide})
+                 prune_configs_by={"early_config_prune": _prune_grad})
 @triton.jit
 def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                      lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,

@@ -321,19 +321,20 @@ _TEACHER_CASES = {"self": 0, "self_scaled": 1, "separate": 2}
 
 
 class _Operand:
-    """What the prune functions read of a tensor argument (its element size)."""
+    """What the prune functions read of a tensor argument: its element size and target arch."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, arch: int):
         self.dtype = dtype
+        self.arch = arch
 
     def element_size(self) -> int:
         return torch.empty((), dtype=self.dtype).element_size()
 
 
-def compile_variants(dtype: str, d: int, teacher: str) -> list:
+def compile_variants(dtype: str, d: int, teacher: str, arch: int) -> list:
     """compile_check.Variant for every kernel instance this module can launch at embedding dim
-    `d` (and D' = d for a separate teacher): each constexpr combination the host passes and
-    each autotune config the prune function keeps. Scalars are taken as the JIT sees them at
+    `d` (and D' = d for a separate teacher) on sm_<arch>: each constexpr combination the host
+    passes and each autotune config the prune function keeps there. Scalars are taken as the JIT sees them at
     large batch: pointers 16-byte aligned, D, D' and row strides divisible by 16 when they are,
     unit strides specialised to the constant 1."""
     from psd_kernels.compile_check import Variant
@@ -352,7 +353,7 @@ def compile_variants(dtype: str, d: int, teacher: str) -> list:
         consts = dict(consts, **{k: 1 for k in unit})
         signature = {a: "constexpr" if a in consts or a in ("BLOCK_M", "BLOCK_N", "BLOCK_K")
                      else pointer_types.get(a, "i32") for a in fn.arg_names}
-        kept = kernel.early_config_prune(kernel.configs, {"a_ptr": _Operand(torch_dtype)}, **consts)
+        kept = kernel.early_config_prune(kernel.configs, {"a_ptr": _Operand(torch_dtype, arch)}, **consts)
         for config in kept:
             variants.append(Variant(name, f"{K.__name__}:{kernel.fn.__name__}", signature,
                                     dict(consts, **config.kwargs), config.num_warps, config.num_stages,

@@ -44,15 +44,16 @@ def test_failures_name_each_problem():
     why = compile_check.failures(row)
     assert len(why) == 3 and "spills 24 bytes" in why[0] and "shared memory" in why[1] and "mma.sync" in why[2]
     assert compile_check.failures(dict(arch=80, dtype="bf16", spill_bytes=0, smem=1000, mma="mma.sync")) == []
-    assert compile_check.failures(dict(arch=90, dtype="fp32", spill_bytes=0, smem=1000, mma="fma")) == []
+    fp32 = dict(arch=90, dtype="fp32", spill_bytes=8, smem=1000, mma="fma")
+    assert compile_check.failures(fp32) == [] and "fp32" in compile_check.notes(fp32)[0]
 
 
 def test_every_launchable_variant_is_listed():
     from psd_kernels.triton_psd import compile_variants
-    kernels = {v.kernel for v in compile_variants("bf16", 768, "separate")}
+    kernels = {v.kernel for v in compile_variants("bf16", 768, "separate", 90)}
     assert kernels == {"fwd", "fwd_sym2", "grad", "grad_sym", "gemm_da", "gemm_db"}
-    assert "fwd_sym" in {v.kernel for v in compile_variants("bf16", 768, "self")}
-    fp32 = compile_variants("fp32", 768, "separate")
+    assert "fwd_sym" in {v.kernel for v in compile_variants("bf16", 768, "self", 90)}
+    fp32 = compile_variants("fp32", 768, "separate", 90)
     assert all(v.constexprs["BLOCK_M"] * v.constexprs["BLOCK_N"] <= 64 * 64 for v in fp32 if v.kernel != "gemm_db")
 
 
