@@ -314,7 +314,7 @@ def _direction_grad(S, T, lse, lset, g, alpha, onehot, TEACHER: tl.constexpr):
 def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                      lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
                      lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
-                     grad_ptr, ds_ptr, row_start, n_rows, n_a, n_b, D, DT,
+                     grad_ptr, ds_ptr, row_start, n_rows, n_b, D, DT,
                      stride_a, stride_b, stride_ta, stride_tb, TUNE_N,
                      A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr,
                      LABELS_DIAG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr,

@@ -213,7 +213,7 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
     """
     n_a, n_b = a.shape[0], b.shape[0]
     da = torch.empty(a.shape, device=a.device, dtype=torch.float32) if need_da else None
-    db = torch.zeros(b.shape, device=a.device, dtype=torch.float32) if need_db else None
+    db = torch.empty(b.shape, device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
     ds = torch.zeros((), device=a.device, dtype=torch.float32)
     dummy = (scale,) * 5
     sa = tuple(scale if t is None else t for t in (a_dir or dummy))
@@ -228,7 +228,7 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_b, meta["BLOCK_N"]))  # noqa: E731,B023
         meta = {}
         _launch(K._psd_grad_kernel, grid,
-                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, r0, rows, n_a, n_b, a.shape[1],
+                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, r0, rows, n_b, a.shape[1],
                  ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
                 A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, LABELS_DIAG=diag,
                 record=meta, **_common(a, ta if teacher == 2 else None))
