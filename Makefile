@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.psd-installed
 
-.PHONY: install test demo bench device-check clean
+.PHONY: install test demo bench compile-check device-check clean
 
 # Re-run the install when the pins, setup.py or the C++/CUDA sources change.
 $(STAMP): requirements.txt setup.py $(wildcard csrc/*)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/benchmark_psd_loss.py --preset cpu
+
+# Every Triton kernel variant compiled for sm_80, sm_90 and sm_100 (no GPU needed): registers,
+# spills, shared memory, tensor-core instruction; then the C++ CUDA kernels of the extension.
+compile-check: $(STAMP)
+	$(PY) -m psd_kernels.compile_check --jobs 2 --cpp
 
 # On the GPU machine (its own python3 and torch, no registry): build the extension in place,
 # check every GPU backend against the reference and time them; results under $$OUT.

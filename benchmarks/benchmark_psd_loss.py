@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 from memory import CPU_METHOD, CPU_METHOD_IN_PROCESS, CUDA_METHOD, available_bytes, release_freed_memory_to_os
@@ -138,6 +137,9 @@ def predict_memory(provider, case: Case, history: list) -> float:
 
 
 def quantiles(values) -> dict:
+    # numpy is imported here, not at the top: device_check.py imports this module for CSV_FIELDS
+    # and append_csv on GPU machines whose python may have torch and triton but no numpy.
+    import numpy as np
     p20, p50, p80 = np.percentile(np.asarray(values, dtype=float), [20, 50, 80])
     return {"p50": float(p50), "p20": float(p20), "p80": float(p80)}
 

@@ -97,7 +97,7 @@ def _child(args) -> int:
 def _run_tree(tree: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--dim", str(args.dim), "--reps", str(args.reps),
-           "--batch", *map(str, args.batch)]
+           "--batch", *map(str, args.batch)] + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.run(cmd, env=env, cwd=os.path.abspath(tree), capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -19,7 +19,7 @@ recorded and the next case runs); about 8 minutes in all with the default budget
 3. forward + backward of the symmetric loss, bf16, B = 4096 .. 65536, D = 512, 768,
    timed with triton.testing.do_bench (median, p20, p80), peak memory. The providers
    are the CPU benchmark's (benchmarks/providers.py, one list): psd-triton (and, at
-   D = 512 without a teacher, its variants [column sweep] and [atomic bwd]), psd-cpp,
+   D = 512 without a teacher, its variant [column sweep]), psd-cpp,
    openclip-clip (teacher none) and openclip-distill (ClipLoss + DistillClipLoss, a
    separate teacher of width D), inf-cl (teacher none, D a multiple of 256). Achieved
    TFLOP/s counts 6 B^2 D + 2 B^2 D' (providers.FLOP_FORMULA), recomputation not

@@ -301,8 +301,7 @@ class InfClProvider(Provider):
 
 # Variants of psd-triton (psd_kernels/triton_psd.py): the default is one forward sweep with
 # per-group column partials and a backward kernel per side.
-TRITON_VARIANTS = {"psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"},
-                   "psd-triton [atomic bwd]": {"PSD_TRITON_BACKWARD": "atomic"}}
+TRITON_VARIANTS = {"psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"}}
 
 
 def all_providers(device: torch.device, dtype: torch.dtype = torch.float32,

@@ -17,10 +17,12 @@ its logits are a multiple of the student's (D' = 0 here). Executed: what each
 backend's algorithm runs, counting matrix products only (the element-wise
 epilogues, exp included, are left out):
 
-    psd-triton   forward: one sweep with column partials, 2 B^2 (D + D'); backward
-                 (the default split mode, a kernel per side): each side recomputes
-                 the scores, 2 B^2 (D + D'), and forms its gradient, 2 B^2 D:
-                 10 B^2 D + 6 B^2 D' in all, on bf16 tensor cores.
+    psd-triton   forward: two row sweeps, 2 x 2 B^2 (D + D') (a teacher with its own
+                 statistics, as in both benchmark cases; a self teacher at the
+                 student's scale takes one sweep with column partials); backward:
+                 the gradient tiles recompute the scores once, 2 B^2 (D + D'), then
+                 the products dx = s G y and dy = s G^T x, 4 B^2 D: 10 B^2 D + 6 B^2 D'
+                 in all, on bf16 tensor cores.
     psd-cpp      (csrc/psd_loss.cpp, CUDA) the forward_backward op: sweep 1 computes
                  the scores of every block of R = 2^26 / B rows (one cuBLAS GEMM, one
                  more for a separate teacher) for the row and column statistics;
@@ -35,14 +37,14 @@ HBM bytes: a lower bound, each kernel or GEMM launch reading its operands and wr
 its results once (tiles re-read within a launch are taken to hit L2), per-row
 vectors of O(B) floats left out except where a launch sweeps them per block.
 
-    psd-triton   forward: x, y (+ the teacher's) once; the per-(row, split) partials
-                 (6 floats) written and merged, the per-(group, column) partials
-                 (5 floats) zeroed, written and merged. Backward, per side: both
-                 inputs (+ the teacher's), fp32 gradient rows per column split
-                 written, summed/cast to bf16. The one-sweep kernels re-read column
-                 tiles per row block; that the programs sharing a column split keep
-                 them in L2 is assumed here; the printout also gives the re-read
-                 bytes and their time if they all came from HBM (triton_tile_rereads).
+    psd-triton   forward, per sweep: x, y (+ the teacher's); the per-(row, split)
+                 partials (6 floats) written and merged. Backward, per chunk of rows
+                 (1 GiB of bf16 G): the chunk's rows and all columns read, G written
+                 once and read by both products, y re-read and dy (fp32) read and
+                 written per chunk; dx, dy cast to bf16. The kernels re-read column
+                 tiles per row block; that the programs sharing columns keep them in
+                 L2 is assumed here; the printout also gives the re-read bytes and
+                 their time if they all came from HBM (triton_tile_rereads).
     psd-cpp      fp32 copies of the inputs; per block, each GEMM reads its block
                  rows and all of y (x for dy) and writes (or reads and writes, dy) its
                  output; the R x B fp32 score blocks round-trip HBM: sweep 1 writes
@@ -118,12 +120,24 @@ def useful_flops(case: Case) -> float:
     return 6 * b2 * case.dim + 2 * b2 * case.d_teacher
 
 
+def triton_forward_sweeps(case: Case) -> int:
+    """Row sweeps of the symmetric forward: one with column partials for a self teacher at the
+    student's scale; two (rows, then columns) when the teacher has statistics of its own, as the
+    benchmark's self teacher at half the scale and a separate teacher do (triton_psd)."""
+    return 2
+
+
 def triton_flops(case: Case) -> float:
-    """Forward 2 B^2 (D + D') once; backward per side (two sides): recompute 2 B^2 (D + D') + 2 B^2 D."""
+    """Forward: 2 B^2 (D + D') per sweep; backward: the G tiles recompute the scores once for both
+    sides, 2 B^2 (D + D'), then the two products dx = s G y and dy = s G^T x, 4 B^2 D."""
     b2 = float(case.batch) ** 2
-    forward = 2 * b2 * (case.dim + case.d_teacher)
-    per_side = 2 * b2 * (case.dim + case.d_teacher) + 2 * b2 * case.dim
-    return forward + 2 * per_side
+    k = case.dim + case.d_teacher
+    return triton_forward_sweeps(case) * 2 * b2 * k + 2 * b2 * k + 4 * b2 * case.dim
+
+
+def triton_chunk_rows(batch: int, chunk_bytes: int = 1 << 30) -> int:
+    """Rows per chunk of G (triton_psd._chunk_rows): as many as fit 1 GiB of bf16, a multiple of 128."""
+    return min(max(128, chunk_bytes // (batch * BF16_BYTES) // 128 * 128), math.ceil(batch / 128) * 128)
 
 
 def cpp_blocks(batch: int) -> tuple[int, int, int]:
@@ -141,42 +155,36 @@ def cpp_flops(case: Case) -> float:
     return 2 * b * b * k + 2 * (b - last) * b * k + 4 * b * b * case.dim
 
 
-def _triton_groups(batch: int, sms: int) -> tuple[int, int]:
-    """(row groups, column splits) of the one-sweep symmetric forward (triton_psd._groups)."""
-    target = 2 * sms
-    groups = max(1, min(math.ceil(batch / 128), math.isqrt(target)))
-    return groups, max(1, min(math.ceil(batch / 128), math.ceil(target / groups)))
-
-
-def _triton_bwd_splits(batch: int, sms: int) -> int:
-    """Column splits of one backward call (triton_psd._num_splits with 64-row blocks, cap 8)."""
-    row_blocks = math.ceil(batch / 64)
-    return max(1, min(8, math.ceil(batch / 64), math.ceil(2 * sms / row_blocks)))
+def _triton_splits(batch: int, sms: int) -> int:
+    """Column splits of a row sweep (triton_psd._num_splits with 128-row blocks)."""
+    return max(1, min(64, math.ceil(batch / 64), math.ceil(2 * sms / math.ceil(batch / 128))))
 
 
 def triton_bytes(case: Case, gpu: GPU) -> float:
+    """Forward: each sweep reads the inputs (+ the teacher's) and writes and merges 6 floats per
+    (row, column split). Backward, per chunk of R rows: the G kernel reads the chunk's rows and all
+    columns and writes R x B bf16; the dx product reads G and y and writes R x D fp32; the dy
+    product reads G and the chunk's rows and reads (after the first chunk) and writes B x D fp32.
+    Then dx, dy are cast to bf16."""
     b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
     inputs = 2 * b * (d + dt) * e
-    groups, splits = _triton_groups(b, gpu.sms)
-    row_partials = 2 * 6 * b * splits * f          # written by the kernel, read by the merge
-    col_partials = 3 * 5 * groups * b * f          # zeroed, written by the kernel, read by the merge
-    forward = inputs + row_partials + col_partials
-    s = _triton_bwd_splits(b, gpu.sms)
-    grad_rows = s * b * d * f                      # fp32 gradient rows per split, written by the kernel
-    cast = b * d * f + b * d * e                   # fp32 rows read, bf16 gradient written
-    reduce = grad_rows + b * d * f + cast if s > 1 else cast  # several splits are summed first
-    return forward + 2 * (inputs + grad_rows + reduce)
+    forward = triton_forward_sweeps(case) * (inputs + 2 * 6 * b * _triton_splits(b, gpu.sms) * f)
+    rows = triton_chunk_rows(b)
+    chunks = math.ceil(b / rows)
+    grad_tiles = chunks * b * (d + dt) * e + b * (d + dt) * e + b * b * e   # columns per chunk, rows once, G
+    products = 2 * b * b * e + b * d * e + b * d * f                         # G twice; y per chunk below
+    products += (chunks - 1) * b * d * e + b * d * e                         # y re-read, x chunks
+    products += (2 * chunks - 1) * b * d * f                                 # dy read and written per chunk
+    cast = 2 * (b * d * f + b * d * e)
+    return forward + grad_tiles + products + cast
 
 
-def triton_tile_rereads(case: Case, forward_rows: int = 128, backward_rows: int = 32) -> float:
-    """Bytes the Triton kernels read in column tiles if none of the re-reads hit L2: every row
-    block of the forward (forward_rows rows) and of each backward side (backward_rows; both
-    autotuned: 64-128 and 16-64) streams all B columns of bf16 embeddings (+ the teacher's),
-    the backward's twice (the product and G @ b)."""
+def triton_tile_rereads(case: Case, rows_per_block: int = 128) -> float:
+    """Bytes the Triton kernels read in column tiles if none of the re-reads hit L2: every 128-row
+    block of each forward sweep and of the G kernel streams all B columns (+ the teacher's)."""
     b = case.batch
     column_bytes = b * (case.dim + case.d_teacher) * BF16_BYTES
-    backward_bytes = b * (2 * case.dim + case.d_teacher) * BF16_BYTES
-    return math.ceil(b / forward_rows) * column_bytes + 2 * math.ceil(b / backward_rows) * backward_bytes
+    return (triton_forward_sweeps(case) + 1) * math.ceil(b / rows_per_block) * column_bytes
 
 
 def cpp_bytes(case: Case) -> float:
@@ -286,8 +294,8 @@ def main(argv=None) -> int:
         print(f"- {note}")
     for case in CASES:
         reread = triton_tile_rereads(case)
-        print(f"- psd-triton, {case.name}: the column tiles re-read per row block (128-row forward, 32-row "
-              f"backward blocks) are {_si(reread, 'B')}; served by L2 above (programs sharing columns run in "
+        print(f"- psd-triton, {case.name}: the column tiles re-read per 128-row block of the forward sweeps "
+              f"and the gradient tiles are {_si(reread, 'B')}; served by L2 above (programs sharing columns run in "
               f"step); from HBM they would take {1e3 * reread / H100_SXM.hbm:.4g} ms on the H100 SXM, "
               f"{1e3 * reread / H200.hbm:.4g} ms on the H200.")
     return 0

@@ -1,19 +1,29 @@
-"""Triton kernels of the fused PSD loss (docs/fused_algorithm.md): forward and backward.
+"""Triton kernels of the fused PSD loss (docs/fused_algorithm.md): forward, gradient tiles, products.
 
-Both kernels see one generic problem: rows `a` (n_a x D) against columns `b`
-(n_b x D), S = s * a b^T, teacher logits T as selected by TEACHER:
+All kernels see one generic problem: rows `a` (n_a x D) against columns `b` (n_b x D),
+S = s * a b^T, teacher logits T as selected by TEACHER:
 
     TEACHER = 0   self teacher at the student's scale: T = S, R = P (no teacher statistics)
     TEACHER = 1   self teacher at another scale:        T = s~ * a b^T (same dot products)
     TEACHER = 2   separate teacher:                     T = s~ * ta tb^T (a second product)
 
-The forward sweeps column tiles per row block (online softmax), writing per-row
-partial statistics per column split; for the symmetric loss it also folds every
-tile into per-(row group, column) partials, so one sweep serves both directions.
-The backward recomputes the tiles from the saved per-row statistics: one call
-per side (rows a = image for d image, a = text for d text), or one call whose
-column side is added atomically. No kernel writes an n_a x n_b buffer. The host
-functions and the autograd Function live in psd_kernels/triton_psd.py.
+_psd_fwd_kernel   sweeps column tiles per row block (online softmax) and writes per-row
+                  partial statistics per column split; for the symmetric loss it also folds
+                  every tile into per-(row group, column) partials, so one sweep serves both
+                  directions. Registers: the BLOCK_M x BLOCK_N score tile (and the teacher's).
+_psd_grad_kernel  recomputes one BLOCK_M x BLOCK_N tile of S (and T) from the saved per-row
+                  statistics and writes the gradient tile G = g (P - Q) (both directions'
+                  terms for the symmetric loss) in the input dtype, plus the tile's share of
+                  ds_i = sum_j G_ij d_ij. Registers: the score tiles only.
+_gemm_kernel      C (fp32) = [C +] alpha * A @ B with any strides: the gradient products
+                  dx = s G y and dy = s G^T x over the G tiles of a chunk of rows.
+
+No kernel keeps a D-wide accumulator across column tiles (the old backward held BLOCK_M x D
+fp32 gradient rows in registers and spilled); docs/fused_algorithm.md counts the FLOPs and
+bytes of this split. In-tile offsets are 32-bit (a tile never spans 2^31 elements); the
+per-program bases are 64-bit, so any B works. The host functions and the autograd Function
+live in psd_kernels/triton_psd.py; psd_kernels/compile_check.py compiles every variant for
+sm_80 / sm_90 / sm_100 and reports registers, spills and the tensor-core instruction.
 
 Tested by: .venv/bin/python -m pytest tests/test_triton.py (under TRITON_INTERPRET=1).
 """
@@ -26,76 +36,121 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Per-thread fp32 accumulator budget of the backward: BLOCK_M * BLOCK_D / (32 * num_warps)
-# registers hold the gradient rows; above ~128 the kernel spills. The atomic variant's
-# BLOCK_N x BLOCK_D column-gradient tile lives only within one step: it may add half again.
-_ACC_REGS_PER_THREAD = 128
 
-
-def keep_fwd(config) -> bool:
-    """Forward filter: eight warps exactly for the tiles of 128 x 64 and up."""
-    area = config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"]
-    return (config.num_warps == 8) == (area >= 128 * 64)
-
-
-def keep_bwd(config) -> bool:
-    """Backward filter: four warps up to BLOCK_M = 32, eight from 32 on (for the gradient rows)."""
-    bm = config.kwargs["BLOCK_M"]
-    return (bm <= 32 and config.num_warps == 4) or (bm >= 32 and config.num_warps == 8)
-
-
-def _configs(tiles, warps, stages, keep):
+def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
+    """shapes: (block sizes..., num_warps, num_stages) tuples. The interpreter runs every config it
+    is given; one small tile keeps its tests fast and still makes every masked edge appear."""
     if INTERPRET:
-        # The interpreter runs every config it is given; one small tile keeps tests fast
-        # and still makes every masked edge and every column split appear.
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [c for c in (triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-                        for bm, bn in tiles for w in warps for st in stages) if keep(c)]
+        small = {k: 16 for k in keys}
+        return [triton.Config(small, num_warps=1, num_stages=1)]
+    return [triton.Config(dict(zip(keys, shape[:-2])), num_warps=shape[-2], num_stages=shape[-1])
+            for shape in shapes]
 
 
-# Forward: a GEMM with an online-softmax epilogue; big tiles amortise the epilogue.
-FWD_CONFIGS = _configs(((64, 64), (128, 64), (64, 128), (128, 128)), (4, 8), (3, 4), keep_fwd)
-# Backward: BLOCK_M x BLOCK_D fp32 gradient rows live in registers, so BLOCK_M stays small.
-BWD_CONFIGS = _configs(((16, 32), (32, 32), (32, 64), (64, 32), (64, 64)), (4, 8), (2,), keep_bwd)
+# (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
+# 64-row tiles run 4 warps and 128-row tiles 8. Every config kept by the prune functions below is
+# spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.compile_check;
+# registers do not depend on D, which only sets the trip count of the K loops).
+FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3)))
+GRAD_CONFIGS = _configs(((128, 64, 8, 3), (64, 64, 4, 3)))
+GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)),
+                        keys=("BLOCK_M", "BLOCK_N", "BLOCK_K"))
 
 
-def _prune_fwd(configs, named_args, **kwargs):
-    """fp32 inputs use at most 64 x 128 tiles: their operands take twice the shared memory."""
-    wide = named_args["a_ptr"].element_size() >= 4
-    kept = [c for c in configs if not wide or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 128]
+_ARCH_CACHE: dict = {}
+
+# Configs that psd_kernels.compile_check saw spill on one arch only (with Triton's ptxas flags),
+# as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N)); the prune functions drop them there.
+_ARCH_SPILLS = (
+    (100, "fwd", dict(TEACHER=0, COL_STATS=False), (128, 32)),
+    (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
+    (100, "fwd", dict(TEACHER=1), (64, 32)),
+    (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
+)
+
+
+def _arch(operand) -> int:
+    """Compute capability as 10 * major + minor of the device a launch runs on (cached per device),
+    0 under the interpreter; compile_check's stand-in operands carry theirs as `.arch`."""
+    if hasattr(operand, "arch"):
+        return operand.arch
+    device = operand.device
+    if device.type != "cuda":
+        return 0
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _ARCH_CACHE:
+        major, minor = torch.cuda.get_device_capability(index)
+        _ARCH_CACHE[index] = 10 * major + minor
+    return _ARCH_CACHE[index]
+
+
+def _drop_arch_spills(kernel, configs, named_args, kwargs):
+    arch = _arch(named_args["a_ptr"])
+    banned = {tile for a, k, when, tile in _ARCH_SPILLS
+              if a == arch and k == kernel and all(kwargs.get(n) == v for n, v in when.items())}
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) not in banned]
+    return kept or configs
+
+
+def _prune_wide(configs, named_args, **kwargs):
+    """fp32 inputs (tf32/ieee dots, twice the operand bytes) keep the tiles of at most 64 x 64."""
+    if named_args["a_ptr"].element_size() < 4:
+        return configs
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
     return kept or configs[:1]
 
 
-def _prune_bwd(configs, named_args, **kwargs):
-    """Drop tiles whose fp32 gradient rows (BLOCK_M x BLOCK_D, plus the BLOCK_N x BLOCK_D
-    tile of atomically added column gradients) or staged column tiles do not fit."""
-    block_d = kwargs["BLOCK_D"]
-    size = named_args["a_ptr"].element_size()
-    atomic = kwargs.get("ATOMIC_DB", False)
-    budget = _ACC_REGS_PER_THREAD * 3 // 2 if atomic else _ACC_REGS_PER_THREAD
-    kept = [c for c in configs
-            if (c.kwargs["BLOCK_M"] + atomic * c.kwargs["BLOCK_N"]) * block_d // (32 * c.num_warps) <= budget
-            and c.kwargs["BLOCK_N"] * block_d * size * c.num_stages <= 160 * 1024]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+def _prune_grad(configs, named_args, **kwargs):
+    return _drop_arch_spills("grad", _prune_wide(configs, named_args, **kwargs), named_args, kwargs)
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    """The accumulating product (db += s G^T a) reads A transposed and C back: its 128 x 128 tile
+    spills on sm_80 (compile_check), so it keeps the smaller tiles."""
+    kept = _prune_wide(configs, named_args, **kwargs)
+    if kwargs.get("ACCUMULATE"):
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 128] or kept
+    return _drop_arch_spills("gemm", kept, named_args, kwargs)
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    """The one-sweep symmetric forward (COL_STATS) also folds every tile into column statistics,
+    and a separate teacher (TEACHER 2) adds a second score tile: their 64-wide tiles spill (sm_80,
+    sm_90), so they keep the 32-wide ones."""
+    kept = _prune_wide(configs, named_args, **kwargs)
+    if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == 2:
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
+    return _drop_arch_spills("fwd", kept, named_args, kwargs)
 
 
 @triton.jit
-def _dot_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, K, stride_a, stride_b,
+def _dot_tile(a_ptr, b_ptr, row0, col0, n_a, n_b, K, stride_a, stride_b,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """d = a[rows] @ b[cols]^T over K in BLOCK_K chunks, fp32 accumulation (masked rows/cols give 0)."""
+    """d = a[row0:row0+BLOCK_M] @ b[col0:col0+BLOCK_N]^T over K in BLOCK_K chunks, fp32 accumulation.
+
+    Rows past n_a and columns past n_b read zeros. Per step: a BLOCK_M x BLOCK_K and a
+    BLOCK_N x BLOCK_K slice (from L2), 2 BLOCK_M BLOCK_N BLOCK_K FLOPs.
+    """
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + tl.cast(row0, tl.int64) * stride_a + (rm[:, None] * stride_a + rk[None, :])
+    b_ptrs = b_ptr + tl.cast(col0, tl.int64) * stride_b + (rn[:, None] * stride_b + rk[None, :])
+    a_rows = (row0 + rm) < n_a
+    b_rows = (col0 + rn) < n_b
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    a_row = a_ptr + rows.to(tl.int64)[:, None] * stride_a
-    b_row = b_ptr + cols.to(tl.int64)[:, None] * stride_b
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < K
-        a = tl.load(a_row + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_row + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+        k_mask = (k0 + rk) < K
+        a = tl.load(a_ptrs, mask=a_rows[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=b_rows[:, None] & k_mask[None, :], other=0.0)
         if DOT_FP32:  # the interpreter's reduced-precision dot is wrong; upcast there
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
     return acc
 
 
@@ -153,8 +208,9 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
     Program (g, h): the row blocks of row group g (of n_groups) against the column
     tiles of split h (of n_split). Per row block, online over the split's tiles:
     running max m and sum l of exp(S - m); mt, lt for the teacher; w = sum
-    exp(T - mt) * S, rescaled whenever mt moves; pos = S_{i,c_i} when the tile
-    holds c_i. Writes 6 floats per (row, split) to part (6, n_a, n_split).
+    exp(T - mt) * S, rescaled whenever mt moves; pos = S_{i,c_i} from the tile that holds
+    c_i (the same S as in lse, so a one-column loss cancels exactly). Writes 6 floats per
+    (row, split) to part (6, n_a, n_split).
     COL_STATS (the symmetric loss, one sweep for both directions): each tile is
     also folded into 5 floats per (group, column) in colpart (5, n_groups, n_b).
     Per tile: reads a BLOCK_M x D and a BLOCK_N x D slice (L2), 2 BLOCK_M BLOCK_N D
@@ -173,11 +229,12 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
     tiles_per_split = tl.cdiv(tl.cdiv(n_b, BLOCK_N), n_split)
     start = pid_h * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, n_b)
-    colpart = colpart_ptr + pid_g * n_b
-    col_plane = n_groups * n_b
+    colpart = colpart_ptr + tl.cast(pid_g, tl.int64) * n_b
+    col_plane = tl.cast(n_groups, tl.int64) * n_b
 
     for rb in range(rb_start, rb_end):
-        rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+        row0 = rb * BLOCK_M
+        rows = row0 + tl.arange(0, BLOCK_M)
         row_mask = rows < n_a
         if LABELS_DIAG:
             lab = rows
@@ -193,7 +250,7 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
         for c0 in range(start, end, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             col_mask = cols < n_b
-            d = _dot_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, D, stride_a, stride_b,
+            d = _dot_tile(a_ptr, b_ptr, row0, c0, n_a, n_b, D, stride_a, stride_b,
                           BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION)
             S = s * d  # finite everywhere (masked rows and columns read zeros)
             S_max = tl.where(col_mask[None, :], S, float("-inf"))
@@ -209,8 +266,8 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
                 if TEACHER == 1:
                     T = st * d
                 else:
-                    T = st * _dot_tile(ta_ptr, tb_ptr, rows, cols, row_mask, col_mask, DT, stride_ta,
-                                       stride_tb, BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
+                    T = st * _dot_tile(ta_ptr, tb_ptr, row0, c0, n_a, n_b, DT, stride_ta, stride_tb,
+                                       BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
                 T_max = tl.where(col_mask[None, :], T, float("-inf"))
                 mt_new = tl.maximum(mt, tl.max(T_max, axis=1))
                 pt = tl.exp(T_max - mt_new[:, None])
@@ -225,7 +282,7 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
         if TEACHER == 0:
             mt = m
             lt = l
-        plane = n_a * n_split
+        plane = tl.cast(n_a, tl.int64) * n_split
         out = part_ptr + rows.to(tl.int64) * n_split + pid_h
         tl.store(out, m, mask=row_mask)
         tl.store(out + plane, l, mask=row_mask)
@@ -251,44 +308,53 @@ def _direction_grad(S, T, lse, lset, g, alpha, onehot, TEACHER: tl.constexpr):
     return g * G
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "ATOMIC_DB"],
-                 prune_configs_by={"early_config_prune": _prune_bwd}, restore_value=["db_ptr"])
+@triton.autotune(configs=GRAD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "A_DIR", "B_DIR"],
+                 prune_configs_by={"early_config_prune": _prune_grad})
 @triton.jit
-def _psd_bwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
-                    lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
-                    lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
-                    da_ptr, ds_ptr, db_ptr,
-                    n_a, n_b, D, DT, stride_a, stride_b, stride_ta, stride_tb, n_split, TUNE_N,
-                    A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr,
-                    LABELS_DIAG: tl.constexpr, COMPUTE_DS: tl.constexpr, ATOMIC_DB: tl.constexpr,
-                    BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr, BLOCK_D: tl.constexpr,
-                    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Gradient rows of `a` over one column split, recomputing every tile.
+def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
+                     lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
+                     lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
+                     grad_ptr, ds_ptr, row_start, n_rows, n_b, D, DT,
+                     stride_a, stride_b, stride_ta, stride_tb, TUNE_N,
+                     A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr,
+                     LABELS_DIAG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr,
+                     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One tile of the gradient matrix, recomputed from the saved per-row statistics.
 
         G_ij = [A_DIR] g_i (P_ij - Q_ij) + [B_DIR] g'_j (P'_ji - Q'_ji)
-        da_i = s * sum_j G_ij b_j            ds_i = sum_j G_ij <a_i, b_j>
 
-    A_DIR: the direction whose queries are the rows a (statistics lse_a ... of a's
-    rows, positive column labels_a). B_DIR: the direction whose queries are the
-    columns b (statistics of b's rows, positive row labels_b), i.e. P'_ji =
-    exp(S_ij - lse_b[j]). Called with (x, y) for dx and (y, x) for dy, so neither
-    side needs atomics. Per tile: reads a block (L2) and the column tile twice
-    (the product and G @ b); writes da (n_split, n_a, D) fp32 and ds (n_split, n_a)
-    once per program, summed on the host.
-    Grid (row blocks, column splits, D slices): D wider than BLOCK_D is covered by
-    slices that each recompute the tiles (only for D > 1024, see the host).
-    ATOMIC_DB: one call for both sides instead, db_j += s * sum_i G_ij a_i added
-    atomically per tile into db (n_b, D) fp32, zeroed by the host (one recomputation
-    of S instead of two; the order of the additions, hence the last bits, varies).
+    for rows i in [row_start, row_start + n_rows) of a and columns j of b. A_DIR: the
+    direction whose queries are a's rows (statistics lse_a ..., positive column
+    labels_a). B_DIR: the direction whose queries are b's rows (statistics of b's
+    rows, positive row labels_b), i.e. P'_ji = exp(S_ij - lse_b[j]).
+    Program (i, j) writes G[rows, cols] to grad (n_rows, n_b, input dtype) and its
+    share sum_{j in tile} G_ij d_ij of the logit-scale gradient to ds (n_col_tiles, n_rows).
+    Per tile: 2 BLOCK_M BLOCK_N D FLOPs (+ D' with a separate teacher), reads the
+    operand slices from L2, writes the tile once.
     """
     pid_m = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    pid_d = tl.program_id(2)  # which BLOCK_D-wide slice of the gradient rows (D > BLOCK_D)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < n_a
+    pid_n = tl.program_id(1)
+    local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row_start + local
+    row_mask = local < n_rows
+    col0 = pid_n * BLOCK_N
+    cols = col0 + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_b
     s = tl.load(scale_ptr).to(tl.float32)
     st = tl.load(tscale_ptr).to(tl.float32)
+
+    d = _dot_tile(a_ptr, b_ptr, row_start + pid_m * BLOCK_M, col0, row_start + n_rows, n_b, D, stride_a,
+                  stride_b, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION)
+    S = s * d
+    if TEACHER == 1:
+        T = st * d
+    elif TEACHER == 2:
+        T = st * _dot_tile(ta_ptr, tb_ptr, row_start + pid_m * BLOCK_M, col0, row_start + n_rows, n_b, DT,
+                           stride_ta, stride_tb, BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
+    else:
+        T = S
+    G = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if A_DIR:
         lse_a = tl.load(lse_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
         lset_a = tl.load(lset_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
@@ -298,62 +364,61 @@ def _psd_bwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
             lab_a = rows
         else:
             lab_a = tl.load(labels_a_ptr + rows, mask=row_mask, other=-1)
-
-    dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = dcols < D
-    if ATOMIC_DB:
-        a_full = tl.load(a_ptr + rows.to(tl.int64)[:, None] * stride_a + dcols[None, :],
-                         mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    ds = tl.zeros((BLOCK_M,), dtype=tl.float32)
-
-    tiles_per_split = tl.cdiv(tl.cdiv(n_b, BLOCK_N), n_split)
-    start = pid_h * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, n_b)
-    for c0 in range(start, end, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < n_b
-        d = _dot_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, D, stride_a, stride_b,
-                      BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION)
-        S = s * d
-        if TEACHER == 1:
-            T = st * d
-        elif TEACHER == 2:
-            T = st * _dot_tile(ta_ptr, tb_ptr, rows, cols, row_mask, col_mask, DT, stride_ta, stride_tb,
-                               BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
+        G += _direction_grad(S, T, lse_a, lset_a, g_a, alpha_a, cols[None, :] == lab_a[:, None], TEACHER)
+    if B_DIR:
+        lse_b = tl.load(lse_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        lset_b = tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        g_b = tl.load(g_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        alpha_b = tl.load(alpha_b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if LABELS_DIAG:
+            lab_b = cols
         else:
-            T = S
-        G = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if A_DIR:
-            G += _direction_grad(S, T, lse_a, lset_a, g_a, alpha_a, cols[None, :] == lab_a[:, None], TEACHER)
-        if B_DIR:
-            lse_b = tl.load(lse_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
-            lset_b = tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
-            g_b = tl.load(g_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
-            alpha_b = tl.load(alpha_b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-            if LABELS_DIAG:
-                lab_b = cols
-            else:
-                lab_b = tl.load(labels_b_ptr + cols, mask=col_mask, other=-1)
-            G += _direction_grad(S, T, lse_b, lset_b, g_b, alpha_b, rows[:, None] == lab_b[None, :], TEACHER)
-        G = tl.where(row_mask[:, None] & col_mask[None, :], G, 0.0)
-        if COMPUTE_DS:
-            ds += tl.sum(G * d, axis=1)
-        b_full = tl.load(b_ptr + cols.to(tl.int64)[:, None] * stride_b + dcols[None, :],
-                         mask=col_mask[:, None] & d_mask[None, :], other=0.0)
+            lab_b = tl.load(labels_b_ptr + cols, mask=col_mask, other=-1)
+        G += _direction_grad(S, T, lse_b, lset_b, g_b, alpha_b, rows[:, None] == lab_b[None, :], TEACHER)
+    tile_mask = row_mask[:, None] & col_mask[None, :]
+    G = tl.where(tile_mask, G, 0.0)
+    tl.store(ds_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(G * d, axis=1), mask=row_mask)
+    out = grad_ptr + tl.cast(pid_m * BLOCK_M, tl.int64) * n_b + col0 \
+        + (tl.arange(0, BLOCK_M)[:, None] * n_b + tl.arange(0, BLOCK_N)[None, :])
+    tl.store(out, G.to(grad_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.autotune(configs=GEMM_CONFIGS, key=["M", "N", "K", "ACCUMULATE"],
+                 prune_configs_by={"early_config_prune": _prune_gemm}, restore_value=["c_ptr"])
+@triton.jit
+def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
+                 ACCUMULATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C = [C +] alpha * A @ B, A (M x K) and B (K x N) of one dtype with any strides, C fp32 (M x N,
+    row stride stride_cm), fp32 accumulation. Each program owns one BLOCK_M x BLOCK_N tile of C,
+    so accumulation needs no atomics. Per K step: BLOCK_M x BLOCK_K and BLOCK_K x BLOCK_N operand
+    slices, 2 BLOCK_M BLOCK_N BLOCK_K FLOPs.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    row0 = pid_m * BLOCK_M
+    col0 = pid_n * BLOCK_N
+    a_ptrs = a_ptr + tl.cast(row0, tl.int64) * stride_am + (rm[:, None] * stride_am + rk[None, :] * stride_ak)
+    b_ptrs = b_ptr + tl.cast(col0, tl.int64) * stride_bn + (rk[:, None] * stride_bk + rn[None, :] * stride_bn)
+    a_rows = (row0 + rm) < M
+    b_cols = (col0 + rn) < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_mask = (k0 + rk) < K
+        a = tl.load(a_ptrs, mask=a_rows[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None] & b_cols[None, :], other=0.0)
         if DOT_FP32:
-            acc = tl.dot(G, b_full.to(tl.float32), acc, input_precision=PRECISION)
-        else:
-            acc = tl.dot(G.to(b_full.dtype), b_full, acc, input_precision=PRECISION)
-        if ATOMIC_DB:
-            if DOT_FP32:
-                db = tl.dot(tl.trans(G), a_full.to(tl.float32), input_precision=PRECISION)
-            else:
-                db = tl.dot(tl.trans(G.to(a_full.dtype)), a_full, input_precision=PRECISION)
-            tl.atomic_add(db_ptr + cols.to(tl.int64)[:, None] * D + dcols[None, :], s * db,
-                          mask=col_mask[:, None] & d_mask[None, :], sem="relaxed")
-
-    out = da_ptr + (pid_h * n_a + rows.to(tl.int64))[:, None] * D + dcols[None, :]
-    tl.store(out, s * acc, mask=row_mask[:, None] & d_mask[None, :])
-    if COMPUTE_DS:  # every D slice computes ds; the first one stores it
-        tl.store(ds_ptr + pid_h * n_a + rows, ds, mask=row_mask & (pid_d == 0))
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    acc = acc * tl.load(alpha_ptr).to(tl.float32)
+    c_ptrs = c_ptr + tl.cast(row0, tl.int64) * stride_cm + col0 + (rm[:, None] * stride_cm + rn[None, :])
+    c_mask = a_rows[:, None] & b_cols[None, :]
+    if ACCUMULATE:
+        acc += tl.load(c_ptrs, mask=c_mask, other=0.0)
+    tl.store(c_ptrs, acc, mask=c_mask)

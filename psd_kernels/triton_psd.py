@@ -5,24 +5,30 @@ psd_kernels/triton_kernels.py; returns per-row losses (psd_kernels.assembly redu
 
 Forward: one sweep over column tiles per row block (split over columns when
 there are few row blocks), writing per-row partial statistics that are merged
-here. The symmetric loss uses the same sweep for both directions: each program
-owns a row group and a column split and also folds its tiles into per-(group,
-column) partials (PSD_TRITON_COLUMN_STATS=sweep instead runs a second sweep
-with the roles swapped; both are timed by benchmarks/device_check.py).
+here. The symmetric loss with a self teacher at the student's scale uses the same
+sweep for both directions: each program owns a row group and a column split and also
+folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=sweep instead
+runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py).
+A teacher with statistics of its own (another scale, separate embeddings) always takes the
+second sweep: with column partials its tiles spill registers (python -m
+psd_kernels.compile_check showed 8 to 64 bytes per thread at every tile shape).
 
-Backward: recompute the logit tiles from the saved per-row statistics, one
-kernel call per side (rows = image for d image, rows = text for d text: no
-atomics, deterministic), plus per-row pieces of the logit-scale gradient summed
-here. PSD_TRITON_BACKWARD=atomic makes it one call that also adds the column
-side's gradient atomically (one recomputation fewer; last bits vary run to run).
+Backward, per chunk of rows (as many as keep the chunk's gradient tile matrix within
+_GRAD_CHUNK_BYTES): _psd_grad_kernel recomputes every tile of S (and T) from the saved
+per-row statistics and writes G = g (P - Q) in the input dtype, both directions' terms at
+once for the symmetric loss; then two products on the tensor cores, dx_chunk = s G y and
+dy += s G^T x_chunk (_gemm_kernel, fp32 accumulation, deterministic), and ds from the
+tiles' sums of G d. One recomputation of the scores serves both sides.
+docs/fused_algorithm.md counts why this beats holding D-wide gradient rows in registers.
 
-Memory beyond inputs and outputs, all O(B): 6 floats per (row, column split)
-and 5 per (row group, column) in the forward, 3 per row saved for the backward,
-the fp32 gradient rows (splits x rows x D) before their cast to the input dtype.
-Any M, N, D: tiles are masked at the edges; the backward pads D to a power of two
-up to 1024 and covers wider D in 1024-wide slices, each recomputing the tiles.
+Memory beyond inputs and outputs: O(B) statistics (6 floats per (row, column split) and 5
+per (row group, column) in the forward, 3 per row saved for the backward), the fp32
+gradient accumulators (n_a + n_b) x D, and one chunk of G (at most _GRAD_CHUNK_BYTES).
+Any M, N, D: tiles are masked at the edges, D and D' only set the length of the K loops.
 Autotuning: configs keyed on the swept length (power-of-two bucket, capped at 65536),
 D, D', teacher case and dtypes; PSD_TRITON_AUTOTUNE=0 runs the first config that fits.
+compile_variants() lists every kernel instance the host can launch, for
+psd_kernels.compile_check.
 
 Use it through the public API: psd_kernels.psd_loss(..., backend="triton").
 Teacher tensors never receive a gradient, even if they require one.
@@ -39,10 +45,11 @@ import triton
 from psd_kernels import triton_kernels as K
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# The backward holds BLOCK_M x BLOCK_D fp32 gradient rows in registers: D up to this
-# is padded to a power of two, wider D runs in slices that each recompute the tiles.
-_MAX_BLOCK_D = 32 if K.INTERPRET else 1024  # interpreted tests: slices at tiny D
+# Largest G chunk of the backward (rows x columns x element size); interpreted tests use
+# a tiny one so that several chunks, and the accumulation of dy over them, are exercised.
+_GRAD_CHUNK_BYTES = 2048 if K.INTERPRET else 1 << 30
 _SM_CACHE: dict = {}
+_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in K.GRAD_CONFIGS)
 
 
 def supports(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -86,17 +93,20 @@ def _block_k(d: int, dtype: torch.dtype) -> int:
     return min(max(16, triton.next_power_of_2(d)), 32 if dtype == torch.float32 else 64)
 
 
-def _launch(kernel, grid, args, **meta):
-    """Run an autotuned kernel, or its first surviving config when tuning is off."""
+def _launch(kernel, grid, args, record=None, **meta):
+    """Run an autotuned kernel, or its first surviving config when tuning is off; `record`
+    (a dict) receives the block sizes of the config that ran."""
     if _autotune():
         kernel[grid](*args, **meta)
-        return
-    names = kernel.fn.arg_names
-    named = dict(zip(names, args))
-    config = kernel.early_config_prune(kernel.configs, named, **meta)[0] if kernel.early_config_prune \
-        else kernel.configs[0]
-    kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                    num_stages=config.num_stages)
+        config = kernel.best_config
+    else:
+        named = dict(zip(kernel.fn.arg_names, args))
+        config = kernel.early_config_prune(kernel.configs, named, **meta)[0] if kernel.early_config_prune \
+            else kernel.configs[0]
+        kernel.fn[grid](*args, **meta, **config.kwargs, num_warps=config.num_warps,
+                        num_stages=config.num_stages)
+    if record is not None:
+        record.update(config.kwargs)
 
 
 def _common(a, ta):
@@ -176,43 +186,59 @@ def _row_losses(lse, expected_s, pos, alpha):
     return lse - (1.0 - alpha) * pos - alpha * expected_s
 
 
-def _backward_mode() -> str:
-    """PSD_TRITON_BACKWARD: "split" (default: a kernel per side, deterministic) or "atomic"
-    (one kernel, the column side's gradient added atomically; one recomputation fewer)."""
-    mode = os.environ.get("PSD_TRITON_BACKWARD", "split")
-    if mode not in ("split", "atomic"):
-        raise ValueError(f"PSD_TRITON_BACKWARD must be 'split' or 'atomic', got {mode!r}")
-    return mode
+def _chunk_rows(n_a: int, n_b: int, element_size: int) -> int:
+    """Rows per G chunk: as many as fit _GRAD_CHUNK_BYTES, a multiple of 128 (16 interpreted)."""
+    unit = 16 if K.INTERPRET else 128
+    rows = max(unit, _GRAD_CHUNK_BYTES // max(1, n_b * element_size) // unit * unit)
+    return min(rows, triton.cdiv(n_a, unit) * unit)
 
 
-def _grad_rows(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_ds, db=None):
-    """Gradient rows of `a` (input dtype) and the per-row logit-scale pieces (fp32 or None).
+def _gemm(a, b, c, alpha, accumulate):
+    """c (fp32) = [c +] alpha * a @ b on the tensor cores (a, b: one dtype, any strides)."""
+    m, k = a.shape
+    n = b.shape[1]
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    fp32 = a.dtype == torch.float32
+    _launch(K._gemm_kernel, grid, (a, b, c, alpha, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+                                   c.stride(0)),
+            ACCUMULATE=accumulate, DOT_FP32=K.INTERPRET, PRECISION="ieee" if (fp32 or K.INTERPRET) else None)
 
-    a_dir / b_dir: None or (lse, lset, g, alpha, labels) of the direction whose queries
-    are a's rows / b's rows (labels None on the diagonal). `db`: a zeroed (n_b, D) fp32
-    buffer to which the kernel also adds b's gradient atomically, or None.
+
+def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da, need_db, need_ds):
+    """(da, db, ds): gradients of rows a and columns b (input dtype) and of the scale (fp32 0-dim).
+
+    a_dir / b_dir: None or (lse, lset, g, alpha, labels) of the direction whose queries are
+    a's rows / b's rows (labels None on the diagonal). Per chunk of a's rows: the G tiles
+    (_psd_grad_kernel), then da_chunk = s G b and db += s G^T a_chunk (_gemm_kernel).
     """
-    n_a, n_b, d = a.shape[0], b.shape[0], a.shape[1]
-    n_split = _num_splits(n_a, n_b, a.device, 64 if not K.INTERPRET else 16, cap=8)
-    da = torch.empty((n_split, n_a, d), device=a.device, dtype=torch.float32)
-    ds = torch.empty((n_split, n_a) if need_ds else (1,), device=a.device, dtype=torch.float32)
-    dummy = (scale, scale, scale, scale, scale)
-    sa = a_dir if a_dir is not None else dummy
-    sb = b_dir if b_dir is not None else dummy
-    sa = tuple(scale if t is None else t for t in sa)
-    sb = tuple(scale if t is None else t for t in sb)
+    n_a, n_b = a.shape[0], b.shape[0]
+    da = torch.empty(a.shape, device=a.device, dtype=torch.float32) if need_da else None
+    db = torch.empty(b.shape, device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
+    ds = torch.zeros((), device=a.device, dtype=torch.float32)
+    dummy = (scale,) * 5
+    sa = tuple(scale if t is None else t for t in (a_dir or dummy))
+    sb = tuple(scale if t is None else t for t in (b_dir or dummy))
     ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
-    block_d = min(max(16, triton.next_power_of_2(d)), _MAX_BLOCK_D)
-    grid = lambda meta: (triton.cdiv(n_a, meta["BLOCK_M"]), n_split, triton.cdiv(d, block_d))  # noqa: E731
-    _launch(K._psd_bwd_kernel, grid,
-            (a, b, ta_, tb_, scale, tscale, *sa, *sb, da, ds, ds if db is None else db,
-             n_a, n_b, d, ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0),
-             n_split, _tune_n(n_b)),
-            A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, LABELS_DIAG=diag,
-            COMPUTE_DS=need_ds, ATOMIC_DB=db is not None, BLOCK_D=block_d,
-            **_common(a, ta if teacher == 2 else None))
-    grad = (da[0] if n_split == 1 else da.sum(dim=0)).to(a.dtype)
-    return grad, (ds.sum(dim=0) if need_ds else None)
+    chunk = _chunk_rows(n_a, n_b, a.element_size())
+    scale32 = scale.float().reshape(1)
+    for r0 in range(0, n_a, chunk):
+        rows = min(chunk, n_a - r0)
+        grad = torch.empty((rows, n_b), device=a.device, dtype=a.dtype)
+        ds_tiles = torch.empty((triton.cdiv(n_b, _MIN_BLOCK_N), rows), device=a.device, dtype=torch.float32)
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_b, meta["BLOCK_N"]))  # noqa: E731,B023
+        meta = {}
+        _launch(K._psd_grad_kernel, grid,
+                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, r0, rows, n_b, a.shape[1],
+                 ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
+                A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, LABELS_DIAG=diag,
+                record=meta, **_common(a, ta if teacher == 2 else None))
+        if need_ds:  # only the first n_b / BLOCK_N rows of ds_tiles were written
+            ds += ds_tiles[:triton.cdiv(n_b, meta["BLOCK_N"])].sum()
+        if need_da:
+            _gemm(grad, b, da[r0:r0 + rows], scale32, accumulate=False)
+        if need_db:
+            _gemm(grad.T, a[r0:r0 + rows], db, scale32, accumulate=r0 > 0)
+    return (None if da is None else da.to(a.dtype), None if db is None else db.to(b.dtype), ds)
 
 
 class _PSDFunction(torch.autograd.Function):
@@ -225,7 +251,10 @@ class _PSDFunction(torch.autograd.Function):
     def forward(ctx, x, y, scale, alpha_x, alpha_y, labels, tx, ty, tscale, teacher, symmetric):
         s = scale.detach()
         ts = s if tscale is None else tscale.detach()
-        one_sweep = symmetric and _column_stats_mode() == "partials"
+        # Column partials in the same sweep for a self teacher at the student's scale; with
+        # teacher statistics of their own (TEACHER 1, 2) the tile holds too many live values
+        # for the registers (compile_check), so the columns get a second sweep.
+        one_sweep = symmetric and teacher == 0 and _column_stats_mode() == "partials"
         (lse_x, lset_x, e_x, pos), cols = _forward_stats(x, y, tx, ty, s, ts, labels, teacher, one_sweep)
         loss_x = _row_losses(lse_x, e_x, pos, alpha_x)
         lse_y = lset_y = None
@@ -256,20 +285,8 @@ class _PSDFunction(torch.autograd.Function):
             x_dir = (lse_x, lset_x, g, alpha_x, labels)
             y_dir = None
             diag = False
-        dx = dy = ds = None
-        ds_rows = None
-        if need_dy and _backward_mode() == "atomic":
-            db = torch.zeros(y.shape, device=y.device, dtype=torch.float32)
-            dx, ds_rows = _grad_rows(x, y, tx, ty, s, ts, x_dir, y_dir, teacher, diag, need_ds, db=db)
-            dy = db.to(y.dtype)
-        elif need_dx or need_ds:
-            dx, ds_rows = _grad_rows(x, y, tx, ty, s, ts, x_dir, y_dir, teacher, diag, need_ds)
-        if need_dy and dy is None:
-            # Swapped roles: y's rows are the queries of y_dir and the keys of x_dir.
-            dy, _ = _grad_rows(y, x, ty, tx, s, ts, y_dir, x_dir, teacher, diag, False)
-        if need_ds:
-            ds = ds_rows.sum().to(s.dtype)
-        return (dx if need_dx else None, dy, ds) + (None,) * 8
+        dx, dy, ds = _gradients(x, y, tx, ty, s, ts, x_dir, y_dir, teacher, diag, need_dx, need_dy, need_ds)
+        return (dx, dy, ds.to(s.dtype) if need_ds else None) + (None,) * 8
 
 
 def _teacher_args(teacher_x, teacher_y, teacher_scale):
@@ -296,3 +313,73 @@ def clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teache
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
     return _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
                               alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
+
+
+# ---- every launch the host can make, for psd_kernels.compile_check ---------------------------
+_TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+_TEACHER_CASES = {"self": 0, "self_scaled": 1, "separate": 2}
+
+
+class _Operand:
+    """What the prune functions read of a tensor argument: its element size and target arch."""
+
+    def __init__(self, dtype, arch: int):
+        self.dtype = dtype
+        self.arch = arch
+
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+
+def compile_variants(dtype: str, d: int, teacher: str, arch: int) -> list:
+    """compile_check.Variant for every kernel instance this module can launch at embedding dim
+    `d` (and D' = d for a separate teacher) on sm_<arch>: each constexpr combination the host
+    passes and each autotune config the prune function keeps there. Scalars are taken as the JIT sees them at
+    large batch: pointers 16-byte aligned, D, D' and row strides divisible by 16 when they are,
+    unit strides specialised to the constant 1."""
+    from psd_kernels.compile_check import Variant
+    torch_dtype = {v: k for k, v in _TYPE_NAMES.items()}[dtype]
+    case = _TEACHER_CASES[teacher]
+    fp32 = torch_dtype == torch.float32
+    precision = "ieee" if fp32 else None
+    block_k = _block_k(d, torch_dtype)
+    block_kt = block_k if case == 2 else 16
+    dims = ("D", "DT", "stride_a", "stride_b", "stride_ta", "stride_tb") if d % 16 == 0 else ()
+    ptr = "*" + dtype
+    variants = []
+
+    def add(name, kernel, consts, pointer_types, divisible_ints, unit=()):
+        fn = kernel.fn
+        consts = dict(consts, **{k: 1 for k in unit})
+        signature = {a: "constexpr" if a in consts or a in ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+                     else pointer_types.get(a, "i32") for a in fn.arg_names}
+        kept = kernel.early_config_prune(kernel.configs, {"a_ptr": _Operand(torch_dtype, arch)}, **consts)
+        for config in kept:
+            variants.append(Variant(name, f"{K.__name__}:{kernel.fn.__name__}", signature,
+                                    dict(consts, **config.kwargs), config.num_warps, config.num_stages,
+                                    tuple(pointer_types) + divisible_ints))
+
+    common = dict(TEACHER=case, BLOCK_K=block_k, BLOCK_KT=block_kt, DOT_FP32=False, PRECISION=precision)
+    operands = {n: ptr for n in ("a_ptr", "b_ptr", "ta_ptr", "tb_ptr")}
+    floats = dict(scale_ptr="*fp32", tscale_ptr="*fp32")
+    # forward: one direction (labels), the symmetric loss's second sweep, and for a self teacher
+    # at the student's scale its one sweep with column partials
+    fwd_types = dict(operands, labels_ptr="*i64", part_ptr="*fp32", colpart_ptr="*fp32", **floats)
+    forwards = ((False, False, "fwd"), (True, False, "fwd_sym2")) + (((True, True, "fwd_sym"),) if case == 0 else ())
+    for diag, col_stats, label in forwards:
+        add(label, K._psd_fwd_kernel, dict(common, LABELS_DIAG=diag, COL_STATS=col_stats), fwd_types, dims)
+    # gradient tiles: one direction, and both directions of the symmetric loss
+    stats = {f"{k}_{side}_ptr": "*fp32" for k in ("lse", "lset", "g", "alpha") for side in "ab"}
+    grad_types = dict(operands, labels_a_ptr="*i64", labels_b_ptr="*i64", grad_ptr=ptr, ds_ptr="*fp32",
+                      **stats, **floats)
+    for a_dir, b_dir, diag, label in ((True, False, False, "grad"), (True, True, True, "grad_sym")):
+        add(label, K._psd_grad_kernel, dict(common, A_DIR=a_dir, B_DIR=b_dir, LABELS_DIAG=diag), grad_types,
+            dims)
+    # products: da = s G b (G row-major) and db += s G^T a (G read transposed)
+    gemm_types = dict(a_ptr=ptr, b_ptr=ptr, c_ptr="*fp32", alpha_ptr="*fp32")
+    gemm = dict(DOT_FP32=False, PRECISION=precision)
+    add("gemm_da", K._gemm_kernel, dict(gemm, ACCUMULATE=False), gemm_types,
+        ("K", "stride_am", "stride_bk", "stride_cm"), unit=("stride_ak", "stride_bn"))
+    add("gemm_db", K._gemm_kernel, dict(gemm, ACCUMULATE=True), gemm_types,
+        ("stride_ak", "stride_bk", "stride_cm"), unit=("stride_am", "stride_bn"))
+    return variants

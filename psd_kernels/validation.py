@@ -4,10 +4,10 @@ Every error names the argument and what was expected. Shape, dtype and device ch
 are free (metadata only) and always run. Value checks on tensors (scale > 0 and finite,
 alpha in [0, 1], labels in range) and the one fact the assembly needs from the values
 (does any row have alpha > 0; if none does, every target is one-hot and the teacher is
-unused) are computed on the
-tensors' device and read back together: at most ONE host synchronisation per call
-(none when every checked value is a Python number). They are skipped while
-torch.compile traces (soft rows are then assumed). `check_finite=True` also scans
+unused) need a few numbers from the device: each scale, alpha's min and max, the labels'
+min and max. They are gathered into one small tensor and read back together (host_read):
+at most ONE host synchronisation per call, none when every checked value is a Python
+number. They are skipped while torch.compile traces (soft rows are then assumed). `check_finite=True` also scans
 the embeddings for NaN/Inf: one extra full read of every embedding tensor and one more
 synchronisation, so it is off by default.
 
@@ -33,36 +33,39 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-class ValueChecks:
-    """Boolean facts about device tensors, read back to the host together (one synchronisation).
+def host_read(t: torch.Tensor) -> list:
+    """The values of a small device tensor as Python floats: the one host synchronisation."""
+    return t.tolist()
 
-    check(ok, error): `ok` a 0-dim bool tensor; `error()` builds the exception raised when it is False.
-    fact(value): a 0-dim bool tensor whose value the caller wants; returns its index in read().
+
+class ValueChecks:
+    """Small values of device tensors (a scale, alpha's min and max, ...), read back together.
+
+    want(t): queue the elements of a small tensor; returns the slice of read() they come back in.
+    check(ok, error): after the read, ok(values) -> bool; error(values) builds the exception.
+    read() returns every queued value as a float, raising the first failed check's error.
+    While torch.compile traces nothing is read: the checks are skipped and read() returns None.
     """
 
     def __init__(self):
-        self._flags, self._errors = [], []
+        self._parts, self._checks, self._size = [], [], 0
 
-    def check(self, ok: torch.Tensor, error) -> None:
-        self._flags.append(ok)
-        self._errors.append(error)
+    def want(self, t: torch.Tensor) -> slice:
+        t = t.detach().reshape(-1)
+        self._parts.append(t)
+        self._size += t.numel()
+        return slice(self._size - t.numel(), self._size)
 
-    def fact(self, value: torch.Tensor) -> int:
-        self._flags.append(value)
-        self._errors.append(None)
-        return len(self._flags) - 1
+    def check(self, ok, error) -> None:
+        self._checks.append((ok, error))
 
-    def read(self) -> list:
-        """Every flag as a bool (facts default to True while compiling); raise the first failed check."""
-        if not self._flags or _compiling():
-            return [True] * len(self._flags)
-        bits = torch.stack([f.reshape(()) for f in self._flags]).to(torch.int64)
-        weights = torch.ones_like(bits) << torch.arange(len(self._flags), device=bits.device)
-        code = int((bits * weights).sum())  # the one host synchronisation
-        values = [bool(code >> k & 1) for k in range(len(self._flags))]
-        for value, error in zip(values, self._errors):
-            if error is not None and not value:
-                raise error()
+    def read(self):
+        if not self._parts or _compiling():
+            return None
+        values = host_read(torch.cat([p.to(torch.float64) for p in self._parts]))
+        for ok, error in self._checks:
+            if not ok(values):
+                raise error(values)
         return values
 
 
@@ -97,9 +100,9 @@ def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueC
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
         scale = value.reshape(())
-        v = scale.detach()
-        checks.check(torch.isfinite(v) & (v > 0), lambda: ValueError(
-            f"{name} must be positive and finite (the exponentiated logit scale), got {float(v)}"))
+        at = checks.want(scale)
+        checks.check(lambda v: math.isfinite(v[at][0]) and v[at][0] > 0, lambda v: ValueError(
+            f"{name} must be positive and finite (the exponentiated logit scale), got {v[at][0]}"))
         return scale
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
@@ -109,9 +112,10 @@ def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueC
 
 
 def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks):
-    """(alpha as a (rows,) tensor of the accumulation dtype, whether some entry may be > 0).
+    """(alpha as a (rows,) tensor of the accumulation dtype, whether some entry is > 0).
 
-    The second item is a bool when known on the host, else a 0-dim bool tensor for checks.fact.
+    The second item is a bool when known on the host, else the slice of the checks' read that
+    holds (min, max) of alpha.
     """
     if isinstance(value, torch.Tensor):
         if value.device != like.device:
@@ -124,10 +128,10 @@ def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype, che
             raise ValueError(f"{name} must be a scalar or have shape ({rows},) (one per row), "
                              f"got shape {tuple(value.shape)}")
         alpha = alpha.detach()
-        checks.check(((alpha >= 0) & (alpha <= 1)).all(), lambda: ValueError(
-            f"{name} must lie in [0, 1] (NaN is not allowed), got values in "
-            f"[{float(alpha.min())}, {float(alpha.max())}]"))
-        return alpha, (alpha > 0).any()
+        at = checks.want(torch.stack(torch.aminmax(alpha)))  # NaN propagates, and fails both bounds
+        checks.check(lambda v: v[at][0] >= 0 and v[at][1] <= 1, lambda v: ValueError(
+            f"{name} must lie in [0, 1] (NaN is not allowed), got values in [{v[at][0]}, {v[at][1]}]"))
+        return alpha, at
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     if not 0.0 <= value <= 1.0:
@@ -154,9 +158,9 @@ def _labels(labels, offset: int, rows: int, cols: int, like: torch.Tensor, check
         raise ValueError(f"labels must have shape ({rows},) (one positive column per row), got {tuple(labels.shape)}")
     if labels.device != like.device:
         raise ValueError(f"labels is on {labels.device} but the embeddings are on {like.device}")
-    checks.check(((labels >= 0) & (labels < cols)).all(), lambda: ValueError(
-        f"labels must lie in [0, {cols}) (column indices of y), got values in "
-        f"[{int(labels.min())}, {int(labels.max())}]"))
+    at = checks.want(torch.stack(torch.aminmax(labels)))
+    checks.check(lambda v: v[at][0] >= 0 and v[at][1] < cols, lambda v: ValueError(
+        f"labels must lie in [0, {cols}) (column indices of y), got values in [{int(v[at][0])}, {int(v[at][1])}]"))
     return labels.long()
 
 
@@ -204,19 +208,16 @@ def _embeddings(x, y, teacher_x, teacher_y, logit_scale, teacher_scale, reductio
     return x, y, teacher_x, teacher_y, scale, teacher_scale, ct
 
 
-def _any_soft(checks: ValueChecks, *alpha_positive) -> int | bool:
-    """Whether some row has alpha > 0 (a soft target): a host bool, or the index of a fact to read.
-    Adds no synchronisation of its own: a tensor alpha is range-checked in the same read."""
-    if any(a is True for a in alpha_positive):
-        return True
-    device_facts = [a for a in alpha_positive if isinstance(a, torch.Tensor)]
-    if not device_facts:
-        return False
-    return checks.fact(torch.stack(device_facts).any())
-
-
-def _resolve(values: list, fact) -> bool:
-    return fact if isinstance(fact, bool) else values[fact]
+def _any_soft(values, *alpha_positive) -> bool:
+    """Whether some row has alpha > 0 (a soft target), from host facts or the read (min, max) of
+    alpha; while compiling (nothing read) soft rows are assumed."""
+    for known in alpha_positive:
+        if known is True:
+            return True
+        if isinstance(known, slice):
+            if values is None or values[known][1] > 0:
+                return True
+    return False
 
 
 def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset,
@@ -229,10 +230,9 @@ def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
     rows, cols = x.shape[0], y.shape[0]
     alpha, positive = _alpha("alpha", alpha, rows, x, ct, checks)
     labels = _labels(labels, offset, rows, cols, x, checks)
-    soft = _any_soft(checks, positive)
     values = checks.read()
     return dict(x=x, y=y, scale=scale, alpha=alpha, labels=labels, teacher_x=teacher_x, teacher_y=teacher_y,
-                teacher_scale=teacher_scale, reduction=reduction, soft_rows=_resolve(values, soft))
+                teacher_scale=teacher_scale, reduction=reduction, soft_rows=_any_soft(values, positive))
 
 
 def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
@@ -252,8 +252,7 @@ def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_sca
         alpha_text, text_positive = alpha_image, image_positive
     else:
         alpha_text, text_positive = _alpha("alpha_text", alpha_text, rows, text, ct, checks)
-    soft = _any_soft(checks, image_positive, text_positive)
     values = checks.read()
     return dict(image=image, text=text, scale=scale, alpha_image=alpha_image, alpha_text=alpha_text,
                 teacher_image=teacher_image, teacher_text=teacher_text, teacher_scale=teacher_scale,
-                reduction=reduction, soft_rows=_resolve(values, soft))
+                reduction=reduction, soft_rows=_any_soft(values, image_positive, text_positive))

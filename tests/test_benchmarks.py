@@ -253,6 +253,13 @@ def test_triton_variants_set_their_environment_around_the_call(monkeypatch):
     assert seen["mode"] == "sweep" and "PSD_TRITON_COLUMN_STATS" not in os.environ
 
 
+def test_device_check_imports_without_numpy():
+    """The GPU machine's python may have torch and triton only."""
+    code = f"import sys; sys.modules['numpy'] = None; sys.path.insert(0, {BENCH_DIR!r}); import device_check"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_device_check_dry_run(tmp_path):
     """The GPU check end to end on CPU (TRITON_INTERPRET=1, tiny sizes): rows in the shared schema,
     plottable time and memory rows, every stage reached."""

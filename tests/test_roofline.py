@@ -19,9 +19,9 @@ def test_useful_flops_are_6_b2_d_plus_2_b2_dprime():
     assert R.useful_flops(R.Case("self", 16384, 64)) == 103_079_215_104
 
 
-def test_triton_executes_one_forward_and_a_recomputing_backward_per_side():
-    # forward 2 B^2 96 = 192 B^2; per side: recompute 192 B^2 + gradient 128 B^2; two sides: 640 B^2
-    assert R.triton_flops(SMALL) == 223_338_299_392          # 832 B^2
+def test_triton_executes_two_sweeps_one_recomputation_and_two_products():
+    # forward: two sweeps of 2 B^2 96 = 384 B^2; G tiles: 192 B^2; products 4 B^2 64 = 256 B^2
+    assert R.triton_flops(SMALL) == 832 * 16384 ** 2 == 223_338_299_392
 
 
 def test_cpp_recomputes_all_blocks_but_the_last():
@@ -49,19 +49,24 @@ def test_cpp_bytes_pass_by_pass():
 
 
 def test_triton_bytes_pass_by_pass():
-    # B = 128, D = 64, self teacher, 132 SMs: forward 1 row group x 1 column split, backward 2 splits.
-    assert R._triton_groups(128, 132) == (1, 1) and R._triton_bwd_splits(128, 132) == 2
+    # B = 128, D = 64, self teacher, 132 SMs: 2 column splits per sweep, one G chunk of 128 rows.
+    assert R._triton_splits(128, 132) == 2 and R.triton_chunk_rows(128) == 128
     inputs = 2 * 128 * 64 * 2                                # x, y in bf16: 32768
-    forward = inputs + 2 * 6 * 128 * 4 + 3 * 5 * 128 * 4     # row partials written + read, column partials
-    grad = 2 * 128 * 64 * 4                                  # fp32 rows of 2 splits: 65536
-    side = inputs + grad + (grad + 128 * 64 * 4) + (128 * 64 * 4 + 128 * 64 * 2)  # write; sum; cast
-    assert R.triton_bytes(R.Case("tiny", 128, 64), R.H100_SXM) == forward + 2 * side == 538_112
+    forward = 2 * (inputs + 2 * 6 * 128 * 2 * 4)             # two sweeps: inputs, partials written + merged
+    grad_tiles = 128 * 64 * 2 + 128 * 64 * 2 + 128 * 128 * 2  # columns, rows, G written
+    products = 2 * 128 * 128 * 2 + 128 * 64 * 2 + 128 * 64 * 4 + 128 * 64 * 2 + 128 * 64 * 4
+    cast = 2 * (128 * 64 * 4 + 128 * 64 * 2)
+    assert R.triton_bytes(R.Case("tiny", 128, 64), R.H100_SXM) == forward + grad_tiles + products + cast
+    assert R.triton_chunk_rows(1 << 20) == 512                # 1 GiB of bf16 G rows at B = 1M
 
 
 def test_prediction_is_the_larger_time_and_names_its_bound():
     tri = R.predict(SMALL, R.BACKENDS[0], R.H100_SXM)
     assert tri["compute_ms"] == pytest.approx(1e3 * 223_338_299_392 / 989.4e12)
-    assert tri["predicted_ms"] == max(tri["compute_ms"], tri["memory_ms"]) and tri["bound"] == "compute"
+    # D = 64: the G tiles (2 bytes written, 4 read per element against 2 (D + D') + 4 D FLOPs) set the time
+    assert tri["predicted_ms"] == max(tri["compute_ms"], tri["memory_ms"]) and tri["bound"] == "memory"
+    wide = R.predict(R.CASES[1], R.BACKENDS[0], R.H200)               # D = D' = 512: compute-bound
+    assert wide["bound"] == "compute" and wide["predicted_ms"] == wide["compute_ms"]
     cpp = {b.name: R.predict(SMALL, b, R.H200) for b in R.BACKENDS}
     assert cpp["psd-cpp"]["compute_ms"] == pytest.approx(1e3 * 158_913_789_952 / 66.9e12)
     assert cpp["psd-cpp [tf32]"]["compute_ms"] == pytest.approx(1e3 * 158_913_789_952 / 494.7e12)

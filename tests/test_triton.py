@@ -149,11 +149,13 @@ def test_symmetric_column_sweep(teacher, monkeypatch):
 
 @interpreted
 @pytest.mark.parametrize("teacher", TEACHERS)
-def test_atomic_backward(teacher, monkeypatch):
-    """The alternative backward: one kernel, the column side's gradient added atomically."""
-    monkeypatch.setenv("PSD_TRITON_BACKWARD", "atomic")
-    check_one_direction(7, 97, 20, torch.float32, "cpu", teacher)
-    check_symmetric(37, 20, torch.float32, "cpu", teacher)
+def test_backward_over_several_gradient_chunks(teacher):
+    """The backward's G chunks: rows in several chunks, dy accumulated over them, ds summed."""
+    from psd_kernels import triton_psd
+    for rows, cols in ((50, 97), (70, 70)):
+        assert triton_psd._chunk_rows(rows, cols, 4) < rows  # more than one chunk at these sizes
+    check_one_direction(50, 97, 20, torch.float32, "cpu", teacher)
+    check_symmetric(70, 20, torch.float32, "cpu", teacher)
 
 
 @interpreted
@@ -204,24 +206,17 @@ def test_supports_names_the_reason():
 
 @pytest.mark.skipif(INTERPRETED, reason="the interpreter gets a single config")
 def test_config_lists_and_pruning():
-    """The GPU config lists: keep() filters them; pruning never leaves a shape without a config
-    and keeps the backward's fp32 gradient rows within the register budget when it can."""
+    """The GPU config lists: 64-row tiles on 4 warps and 128-row tiles on 8 (one warpgroup per 64
+    rows, what wgmma needs); pruning keeps every config for 16-bit inputs and only small tiles
+    for fp32, never none. psd_kernels.compile_check proves the kept ones spill-free."""
     kernels = pytest.importorskip("psd_kernels.triton_kernels")
-    assert 1 < len(kernels.FWD_CONFIGS) < 16 and 1 < len(kernels.BWD_CONFIGS) < 16
-    assert all(kernels.keep_fwd(c) for c in kernels.FWD_CONFIGS)
-    assert all(kernels.keep_bwd(c) for c in kernels.BWD_CONFIGS)
-    for dtype in (torch.bfloat16, torch.float32):
-        a = torch.empty(1, 1, dtype=dtype)
-        fwd = kernels._prune_fwd(kernels.FWD_CONFIGS, {"a_ptr": a})
-        assert fwd and (dtype != torch.float32 or all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 8192 for c in fwd))
-        for block_d in (16, 128, 512, 1024, 4096):
-            for atomic in (False, True):
-                kept = kernels._prune_bwd(kernels.BWD_CONFIGS, {"a_ptr": a}, BLOCK_D=block_d, ATOMIC_DB=atomic)
-                assert kept, (dtype, block_d, atomic)
-                if block_d <= 512 and dtype == torch.bfloat16:
-                    assert len(kept) > 1 and all(
-                        c.kwargs["BLOCK_M"] * block_d // (32 * c.num_warps) <= kernels._ACC_REGS_PER_THREAD
-                        for c in kept)
+    for configs in (kernels.FWD_CONFIGS, kernels.GRAD_CONFIGS, kernels.GEMM_CONFIGS):  # before the per-kernel rules
+        assert 1 < len(configs) < 16
+        assert all(c.num_warps == 4 * (c.kwargs["BLOCK_M"] // 64) or c.kwargs["BLOCK_N"] <= 64 for c in configs)
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            kept = kernels._prune_wide(configs, {"a_ptr": torch.empty(1, 1, dtype=dtype)})
+            assert kept and (dtype == torch.float32 or kept == configs)
+            assert dtype != torch.float32 or all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64 for c in kept)
 
 
 @cuda

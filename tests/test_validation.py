@@ -119,7 +119,7 @@ def test_psdloss_rejects_teacher_under_both_names_and_vector_bias():
 
 
 # -- validation runs once per call, and reads the device at most once --------------------------
-class CountDeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
+class CountScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts aten::_local_scalar_dense: what .item(), float(t), int(t) and bool(t) of a tensor run
     (a host synchronisation on a GPU)."""
 
@@ -131,6 +131,34 @@ class CountDeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.reads += 1
         return func(*args, **(kwargs or {}))
+
+
+class DeviceReads:
+    """Every read of device values during a call: validation's batched host_read calls, and any
+    other scalar read (which would be a second synchronisation)."""
+
+    def __init__(self, monkeypatch):
+        from psd_kernels import validation
+        self.batched = []
+        original = validation.host_read
+
+        def counting(t):
+            self.batched.append(t.numel())
+            return original(t)
+
+        monkeypatch.setattr(validation, "host_read", counting)
+        self.scalar = CountScalarReads()
+
+    def __enter__(self):
+        self.scalar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.scalar.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return len(self.batched) + self.scalar.reads
 
 
 def count_matrix_checks(monkeypatch):
@@ -155,23 +183,24 @@ def test_psdloss_call_validates_each_input_once_and_reads_the_device_once(monkey
     loss_fn = PSDLoss(alpha_max=0.4, schedule="constant", soft_fraction=0.5, teacher_mode=teacher_mode,
                       backend="reference")
     seen = count_matrix_checks(monkeypatch)
-    with CountDeviceReads() as mode:
+    with DeviceReads(monkeypatch) as reads:
         loss = loss_fn(img, txt, scale, teacher_image_features=t_img, teacher_text_features=t_txt,
                        teacher_logit_scale=torch.tensor(3.0))
     assert sorted(seen) == ["image_features", "teacher_image", "teacher_text", "text_features"]
-    assert mode.reads == 1  # scale, teacher scale, both alphas and "some alpha > 0" in one read
+    # one read: both scales and (min, max) of both alphas; nothing else reads a device value
+    assert reads.batched == [6] and reads.total == 1
     loss.backward()
 
 
-def test_reads_are_skipped_when_every_checked_value_is_a_python_number():
-    with CountDeviceReads() as mode:
+def test_reads_are_skipped_when_every_checked_value_is_a_python_number(monkeypatch):
+    with DeviceReads(monkeypatch) as reads:
         psd_clip_loss(torch.randn(5, 3), torch.randn(5, 3), 4.0, alpha_image=0.3, backend="reference")
         psd_loss(torch.randn(5, 3), torch.randn(6, 3), 4.0, alpha=0.0, offset=1, backend="reference")
-    assert mode.reads == 0
+    assert reads.total == 0
 
 
-def test_one_read_for_all_value_checks_of_psd_loss():
-    with CountDeviceReads() as mode:
+def test_one_read_for_all_value_checks_of_psd_loss(monkeypatch):
+    with DeviceReads(monkeypatch) as reads:
         psd_loss(torch.randn(4, 3), torch.randn(6, 3), torch.tensor(2.0), alpha=torch.rand(4),
                  labels=torch.tensor([0, 5, 2, 1]), teacher_scale=torch.tensor(3.0), backend="reference")
-    assert mode.reads == 1
+    assert reads.batched == [6] and reads.total == 1  # scale, teacher scale, alpha (min, max), labels (min, max)
