@@ -272,7 +272,7 @@ def plot_runs(runs: dict[str, str], path: str, reference: dict[str, str] | None 
     axes[2].set(title="alpha schedule", xlabel="step", ylabel="alpha")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if ax is axes[1] else "best")
+        ax.legend(fontsize=7, loc="center right" if ax is axes[1] else "best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
