@@ -164,7 +164,8 @@ def regime_tables(results_csv: str, method: str = "clip", every: int = 5) -> str
         clean = by_size[by_size["noise"] == 0].set_index(["seed", "epoch"])
         last = int(by_size["epoch"].max())
         noises = sorted(x for x in by_size["noise"].unique() if x > 0)
-        epochs = sorted(e for e in by_size["epoch"].unique() if e % every == 0 or e in (1, last))
+        evaluated = sorted(int(e) for e in by_size["epoch"].unique())
+        epochs = evaluated if len(evaluated) <= 8 else [e for e in evaluated if e % every == 0 or e in (1, last)]
         metrics = [m for m in CURVE_METRICS if m in by_size.columns]
         seeds = sorted(int(s) for s in by_size["seed"].unique())
         out.append(f"\n### {method}, {n_train} training images: clean accuracy and noisy - clean gap over "
