@@ -48,12 +48,19 @@ def _weight(reduction: str, n_mean: float) -> float | None:
     return 1.0 if reduction == "sum" else 1.0 / n_mean
 
 
+def _reduced(rows_fn, weighted_fn, args, weight):
+    """The backend's per-row losses (weight None) or weight * their sum, by its fused
+    weighted kernel when it has one."""
+    if weight is not None and weighted_fn is not None:
+        return weighted_fn(*args, weight)
+    rows = rows_fn(*args)
+    return rows if weight is None else weight * rows.sum()
+
+
 def _direction(module, x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, weight):
     """Rows x against columns y: l_i per row (weight None) or weight * sum_i l_i."""
-    if weight is not None and hasattr(module, "weighted_loss"):
-        return module.weighted_loss(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, weight)
-    rows = module.psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale)
-    return rows if weight is None else weight * rows.sum()
+    return _reduced(module.psd_rows, getattr(module, "weighted_loss", None),
+                    (x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale), weight)
 
 
 def psd_loss(module, x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction, soft_rows):
@@ -67,11 +74,9 @@ def psd_loss(module, x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_s
 def _one_matrix(module, image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
                 teacher_scale, weight):
     """Both directions on one b x b matrix by a backend's symmetric kernel (diagonal positives)."""
-    args = (image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale)
-    if weight is not None and hasattr(module, "clip_weighted_loss"):
-        return module.clip_weighted_loss(*args, weight)
-    rows = module.clip_rows(*args)
-    return rows if weight is None else weight * rows.sum()
+    return _reduced(module.clip_rows, getattr(module, "clip_weighted_loss", None),
+                    (image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale),
+                    weight)
 
 
 def clip_loss(module, image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,

@@ -114,7 +114,8 @@ class PSDLoss(nn.Module):
         self.step += steps
 
     def _row_alpha(self, alpha: float, rows: int, stream: int, like: torch.Tensor):
-        """alpha on this step's soft subset, 0 elsewhere (a float 0 when no row is soft)."""
+        """alpha on this step's soft subset, 0 elsewhere (a float 0 when no row is soft, also for
+        rows = 0: malformed features, which validation then rejects)."""
         if alpha == 0.0 or self.subset.size(rows, self.step) == 0:
             return 0.0
         mask = self.subset.mask(rows, self.step, stream, self.rank)
@@ -153,11 +154,11 @@ class PSDLoss(nn.Module):
         # rejected by the loss's validation (after the distributed handshake, so peers raise too)
         valid = isinstance(image_features, torch.Tensor) and image_features.dim() == 2
         rows = image_features.shape[0] if valid else 0
-        alpha = self.current_alpha() if rows else 0.0
+        alpha = self.current_alpha()
         loss = clip_loss_in_group(
             image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
-            self._row_alpha(alpha, rows, IMAGE_ROWS, image_features) if alpha else 0.0,
-            self._row_alpha(alpha, rows, TEXT_ROWS, image_features) if alpha else 0.0,
+            self._row_alpha(alpha, rows, IMAGE_ROWS, image_features),
+            self._row_alpha(alpha, rows, TEXT_ROWS, image_features),
             self.teacher_mode, self.local_loss, self.gather_with_grad, self.process_group, rank, world,
             backend=self.backend)
         if self.training and self.step_per_forward:
