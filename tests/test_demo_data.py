@@ -197,3 +197,20 @@ def test_digits_fallback(tmp_path):
     assert len(rows) == 100 and out["noise_rows"] == 20 and "digits_" in rows[0]["filepath"]
     from PIL import Image
     assert Image.open(rows[0]["filepath"]).size == (32, 32)
+
+
+def test_mnist_digits_is_the_union_and_fits_4000_train_2000_test(tmp_path):
+    from psd_train.demo.data import load_source
+    mnist, digits = load_source("mnist"), load_source("digits")
+    images, labels = load_source("mnist_digits")
+    assert images.shape == (5000 + 1797, 28, 28) and not images.flags.writeable
+    assert np.array_equal(images[:5000], mnist[0]) and np.array_equal(labels[5000:], digits[1])
+    with pytest.raises(ValueError, match="exceeds the 5000 images of 'mnist'"):
+        build_demo_data(tmp_path / "m", n_train=4000, n_val=100, n_test=2000, progress=False)
+    # the split draws from the union: both sources appear in every split (checked without writing 6100 images)
+    out = build_demo_data(tmp_path / "u", source="mnist_digits", n_train=300, n_val=50, n_test=300, progress=False)
+    meta = json.loads((tmp_path / "u" / "meta.json").read_text())
+    for split in ("train", "test"):
+        index = np.array(meta["source_index"][split])
+        assert (index < 5000).any() and (index >= 5000).any()
+    assert out["n_train"] == 300

@@ -16,7 +16,7 @@ import torch
 from psd_train.checkpoint import atomic_save, load_checkpoint
 from psd_train.demo.data import build_demo_data
 from psd_train.demo.model import TRAIN_FLAGS
-from psd_train.demo.report import summarize
+from psd_train.demo.report import paired_interval, summarize
 from psd_train.main import main
 from psd_train.teachers import Teacher
 
@@ -226,7 +226,27 @@ def test_summarize_pairs_methods_by_seed(tmp_path):
     pd.DataFrame(rows, columns=["method", "noise", "seed", "zeroshot_top1"]).to_csv(path, index=False)
     table = summarize(str(path), metrics=("zeroshot_top1",))
     assert "| clip | 2 | 60.0 ± 14.1 |" in table
-    assert "| psd | +3.5 ± 2.1 (2/2) |" in table
+    # paired differences 5 and 2 points: mean 3.5, sd 2.121, t(0.975, 1) = 12.706 -> half-width 19.06
+    assert "| psd | +3.5 [-15.6, +22.6] (2/2) |" in table
+
+
+def test_paired_interval_is_the_paired_t_interval():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.3027 -> 2 +- 4.3027 / sqrt(3)
+    mean, low, high = paired_interval(pd.Series([1.0, 2.0, 3.0]))
+    assert mean == 2.0 and low == pytest.approx(2 - 2.48418, abs=1e-4) and high == pytest.approx(2 + 2.48418, abs=1e-4)
+    assert paired_interval(pd.Series([4.0])) == (4.0, 4.0, 4.0)
+
+
+def test_summarize_prints_no_header_only_tables(tmp_path):
+    rows = [("clip", 0.0, 0, 0.7), ("clip", 0.5, 0, 0.4), ("clip", 0.5, 1, 0.5)]  # CLIP only: nothing to pair
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows, columns=["method", "noise", "seed", "zeroshot_top1"]).to_csv(path, index=False)
+    table = summarize(str(path), metrics=("zeroshot_top1",))
+    assert "paired difference" not in table and "wins back" not in table
+    lines = table.splitlines()
+    for i, line in enumerate(lines):  # every table header is followed by its separator and a row
+        if line.startswith("|---"):
+            assert i + 1 < len(lines) and lines[i + 1].startswith("| "), table
 
 
 @pytest.mark.parametrize("parallel", ["--parallel", "--sequential"])

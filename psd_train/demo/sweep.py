@@ -18,6 +18,8 @@ Methods (METHODS; alpha is the soft-target weight of PSDLoss):
     clip         plain CLIP (alpha = 0)
     pskd         previous-epoch teacher, alpha ramping linearly to 0.8 over the run (PS-KD)
     albef_ema    EMA teacher, momentum 0.995, alpha 0.4 reached after one epoch (ALBEF)
+    ema_teacher  EMA teacher at the trainer's default momentum (0.99), alpha 0.4 reached after one
+                 epoch
     self_sharp   the student itself at a lower temperature (fixed teacher scale 30; the
                  student's own scale stays near 14-19 here), alpha ramping to 0.5
     born_again   a frozen teacher: the final checkpoint of this sweep's CLIP run on the same
@@ -38,7 +40,7 @@ import shutil
 import sys
 import time
 
-from psd_train.demo.data import build_demo_data
+from psd_train.demo.data import SOURCES, build_demo_data
 from psd_train.demo.model import DEMO_MODEL, TRAIN_FLAGS
 from psd_train.demo.report import regime_tables, summarize
 from psd_train.errors import FlagError, run_command
@@ -55,6 +57,7 @@ METHODS = {
     "pskd": ["--psd-alpha-max", "0.8", "--psd-teacher", "prev_epoch"],
     "albef_ema": ["--psd-alpha-max", "0.4", "--psd-teacher", "ema", "--psd-ema-momentum", "0.995",
                   "--psd-ramp-epochs", "1"],
+    "ema_teacher": ["--psd-alpha-max", "0.4", "--psd-teacher", "ema", "--psd-ramp-epochs", "1"],
     "self_sharp": ["--psd-alpha-max", "0.5", "--psd-teacher-scale", "30"],
     "born_again": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--distill-model", DEMO_MODEL,
                    "--distill-pretrained", CLIP_CHECKPOINT],
@@ -126,7 +129,7 @@ def run_sweep(a) -> None:
             for noise in a.noise:
                 data = build_demo_data(os.path.join(a.out, "data", f"n{n_train}_noise{noise}_seed{seed}"),
                                        noise=noise, seed=seed, n_train=n_train, n_val=a.n_val, n_test=a.n_test,
-                                       progress=False)
+                                       source=a.source, progress=False)
                 clip_checkpoint = os.path.join(logs, run_name("clip", n_train, noise, seed), "checkpoints",
                                                "psd_latest.pt")
                 for method in methods:
@@ -143,7 +146,7 @@ def run_sweep(a) -> None:
                                          *flags, "--logs", logs, "--name", name, "--psd-quiet",
                                          "--psd-eval-every", str(a.eval_every)])
                     row = {"method": method, "noise": noise, "seed": seed, "epochs": epochs_of[n_train],
-                           "n_train": n_train, "lr": a.lr, "wall_s": round(time.time() - start, 1),
+                           "n_train": n_train, "n_test": a.n_test, "source": a.source, "lr": a.lr, "wall_s": round(time.time() - start, 1),
                            **result["metrics"]}
                     append_csv_rows(results, tuple(row), [row])
                     print(f"    {row['wall_s']} s  zero-shot {row.get('zeroshot_top1', float('nan')):.3f}",
@@ -159,7 +162,10 @@ def main(argv=None) -> int:
                    help=f"default: {' '.join(DEFAULT_METHODS)}")
     p.add_argument("--n-train", type=int, nargs="+", default=[2000], help="training-set sizes")
     p.add_argument("--n-val", type=int, default=100)
-    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--n-test", type=int, default=500, help="held-out test images (the evaluation set)")
+    p.add_argument("--source", choices=SOURCES, default="mnist",
+                   help="demo data source: mnist (5000 images), digits, or mnist_digits (6797: room for "
+                        "4000 training and 2000 test images)")
     p.add_argument("--epochs", type=int, nargs="+", default=[30],
                    help="epochs: one value, or one per --n-train size (e.g. 30 15: the same steps)")
     p.add_argument("--batch-size", type=int, default=64)
