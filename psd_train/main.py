@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from psd_train.args import check_combined, psd_parser, split_args, without_distill_flags
 from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, atomic_save, check_resume_file, find_psd_state,
-                                  psd_state)
+                                  model_state, psd_state)
 from psd_train.compat import check_open_clip, patched
 from psd_train.console import known_messages_left_out
 from psd_train.datafiles import check_data_files
@@ -205,7 +205,7 @@ class _Run:
                     with open(os.path.join(self.log_dir, FINAL_METRICS), "w") as f:
                         json.dump(self.metrics, f, indent=1)
         if args.save_logs:
-            checkpoint = {"epoch": done, "name": args.name, "state_dict": unwrap(model).state_dict(),
+            checkpoint = {"epoch": done, "name": args.name, "state_dict": model_state(model),
                           "optimizer": optimizer.state_dict(), "psd": psd_state(self.loss, self.teacher)}
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
