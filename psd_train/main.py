@@ -15,6 +15,11 @@ schedules by one step and logs loss, alpha, soft fraction, lr and scale after ev
 optimizer step, so with --accum-freq N the N loss calls of a step share one alpha and one
 soft subset.
 
+Several processes (torchrun): every rank runs all of the above on its own share of each
+batch; the EMA and previous-epoch teachers follow the student, which DDP keeps equal on every
+rank. Rank 0 alone evaluates and writes the step log and the PSD checkpoint, as
+open_clip_train's save_logs decides.
+
 psd_train holds no loss math: PSDLoss (psd_kernels) owns the soft targets, both schedules
 and their step counter.
 
