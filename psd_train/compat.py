@@ -107,7 +107,8 @@ class CpuAwareDDP(DistributedDataParallel):
     devices (torch accepts them only for GPU modules); otherwise DistributedDataParallel itself."""
 
     def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
-        if device_ids is not None and all(torch.device(d).type == "cpu" for d in device_ids):
+        if device_ids and all(isinstance(d, (str, torch.device)) and torch.device(d).type == "cpu"
+                              for d in device_ids):
             device_ids = output_device = None
         super().__init__(module, device_ids, output_device, *args, **kwargs)
 
@@ -117,8 +118,8 @@ def patched(oc_main, train_one_epoch, quiet: bool):
     """open_clip_train.main with `train_one_epoch` (and, if quiet, a quieter setup_logging) in place,
     and torch's DistributedDataParallel as CpuAwareDDP.
 
-    Restores every name, removes the logging handlers open_clip_train
-    added and resets the logger levels it set, so open_clip_train stays usable in the same process.
+    Restores every name, removes the logging handlers open_clip_train added and resets the
+    logger levels it set, so open_clip_train stays usable in the same process.
     """
     saved = {name: getattr(oc_main, name) for name in ("train_one_epoch", "setup_logging")}
     parallel = torch.nn.parallel
