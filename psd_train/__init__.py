@@ -9,6 +9,7 @@ The trainer:
     checkpoint.py  atomic checkpoints with PSD's state, resume checks
     datafiles.py   checks of the CSV data and images before training
     runlog.py      psd_steps.csv, psd_metrics.csv and their CSV helpers
+    console.py     framework messages whose cause psd_train knows, kept off the console
 
 The CPU demo (data, model, evaluations, report, sweep) is the subpackage psd_train.demo.
 """

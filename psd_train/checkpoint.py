@@ -61,6 +61,13 @@ def check_resume_file(resume: str | None) -> None:
         load_checkpoint(resume)
 
 
+def model_state(model) -> dict:
+    """The model's state_dict as open_clip_train saves it, so that its --resume loads it: under
+    torchrun the DistributedDataParallel wrapper's (keys "module.*"; a run in one process strips
+    that prefix when it resumes), never torch.compile's "_orig_mod.*"."""
+    return getattr(model, "_orig_mod", model).state_dict()
+
+
 def psd_state(loss, teacher) -> dict:
     return {"version": FORMAT_VERSION, "loss": loss.state_dict(), "teacher": teacher.state_dict()}
 

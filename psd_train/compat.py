@@ -18,6 +18,14 @@ Replaced in the module open_clip_train.main for the length of one main() call, t
         the console handler it creates is the only handle on the console that leaves out.log
         complete; the replacement raises that handler's level to WARNING.
 
+Replaced in torch for the length of one main() call, then restored:
+    torch.nn.parallel.DistributedDataParallel               the name open_clip_train.main calls
+        open_clip_train wraps the model as DistributedDataParallel(model, device_ids=[device])
+        whenever it runs distributed, and torch refuses device_ids for a module on the CPU
+        (its rule: CPU modules take device_ids=None). CpuAwareDDP, a subclass, leaves them
+        out when they name CPU devices and passes everything else through, so torchrun with
+        gloo trains on CPUs; on GPUs nothing changes.
+
 Not replaced (open_clip_train's and torch's own extension points):
     the loss     train_one_epoch's `loss` argument receives PSDLoss; open_clip's create_loss(args)
                  still builds a ClipLoss, which is never called
@@ -34,6 +42,9 @@ import inspect
 import logging
 import warnings
 from contextlib import contextmanager
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from psd_train.errors import UsageError
 
@@ -91,14 +102,28 @@ def check_open_clip() -> None:
                       "its names and signatures match, so psd_train runs", stacklevel=2)
 
 
+class CpuAwareDDP(DistributedDataParallel):
+    """DistributedDataParallel that leaves out device_ids and output_device when they name CPU
+    devices (torch accepts them only for GPU modules); otherwise DistributedDataParallel itself."""
+
+    def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
+        if device_ids and all(isinstance(d, (str, torch.device)) and torch.device(d).type == "cpu"
+                              for d in device_ids):
+            device_ids = output_device = None
+        super().__init__(module, device_ids, output_device, *args, **kwargs)
+
+
 @contextmanager
 def patched(oc_main, train_one_epoch, quiet: bool):
-    """open_clip_train.main with `train_one_epoch` (and, if quiet, a quieter setup_logging) in place.
+    """open_clip_train.main with `train_one_epoch` (and, if quiet, a quieter setup_logging) in place,
+    and torch's DistributedDataParallel as CpuAwareDDP.
 
-    Restores both names, removes the logging handlers open_clip_train added and resets the
+    Restores every name, removes the logging handlers open_clip_train added and resets the
     logger levels it set, so open_clip_train stays usable in the same process.
     """
     saved = {name: getattr(oc_main, name) for name in ("train_one_epoch", "setup_logging")}
+    parallel = torch.nn.parallel
+    saved_ddp = parallel.DistributedDataParallel
     before = list(logging.root.handlers)
     # setup_logging sets every logger to INFO (torch._dynamo's too); restore them afterwards
     levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
@@ -114,9 +139,11 @@ def patched(oc_main, train_one_epoch, quiet: bool):
     oc_main.train_one_epoch = train_one_epoch
     if quiet:
         oc_main.setup_logging = quiet_setup_logging
+    parallel.DistributedDataParallel = CpuAwareDDP
     try:
         yield
     finally:
+        parallel.DistributedDataParallel = saved_ddp
         for name, value in saved.items():
             setattr(oc_main, name, value)
         for handler in [h for h in logging.root.handlers if h not in before]:

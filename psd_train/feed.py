@@ -18,6 +18,17 @@ The teacher's scale is one number per optimizer step (the teacher changes only b
 steps), not a per-row output the loop could concatenate, so the loss adapter passes the
 last one as dist_logit_scale (None when --psd-teacher-scale fixes it: PSDLoss then uses
 its own teacher_scale).
+
+The logit scale s is not a per-row output either: each of the N loss calls of a step gets
+the fresh s of its micro-batch, and every call's loss is the whole-batch loss L, so each
+backpropagates all of dL/ds and the step would sum N dL/ds. The loss adapter therefore
+hands PSDLoss
+
+    s' = s.detach() + (s - s.detach()) / N        value s (s - s is exactly 0), ds'/ds = 1/N
+
+so the N calls add up to exactly dL/ds, the one-batch gradient, as every other parameter
+gets. The graph still reaches s in every call, which DistributedDataParallel needs (it waits
+for a gradient of every parameter the forward used).
 """
 from __future__ import annotations
 
@@ -69,11 +80,23 @@ class StudentWithTeacher(nn.Module):
         return loss_with_teacher_scale
 
 
-def for_loop(student: nn.Module, teacher: nn.Module | None, loss_fn: nn.Module):
-    """(model, loss) to hand open_clip_train's train_one_epoch: the student and PSDLoss themselves
-    for a teacher-less epoch (PSDLoss then uses the student's own features, detached), else
-    the student with the teacher's features and the loss with the teacher's scale."""
+def scale_counted_once(loss_fn, accum_freq: int):
+    """loss_fn, with the logit scale's gradient divided by accum_freq in each call (module docstring)."""
+    if accum_freq == 1:
+        return loss_fn
+
+    def loss_with_scale_counted_once(logit_scale, **inputs):
+        fixed = logit_scale.detach()
+        return loss_fn(logit_scale=fixed + (logit_scale - fixed) / accum_freq, **inputs)
+    return loss_with_scale_counted_once
+
+
+def for_loop(student: nn.Module, teacher: nn.Module | None, loss_fn: nn.Module, accum_freq: int):
+    """(model, loss) to hand open_clip_train's train_one_epoch with --accum-freq accum_freq: the
+    student itself for a teacher-less epoch (PSDLoss then uses the student's own features,
+    detached), else the student with the teacher's features and the loss with the teacher's
+    scale; either way the loss counts the logit scale's gradient once per optimizer step."""
     if teacher is None:
-        return student, loss_fn
+        return student, scale_counted_once(loss_fn, accum_freq)
     model = StudentWithTeacher(student, teacher)
-    return model, model.loss(loss_fn)
+    return model, scale_counted_once(model.loss(loss_fn), accum_freq)

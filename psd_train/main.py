@@ -15,6 +15,11 @@ schedules by one step and logs loss, alpha, soft fraction, lr and scale after ev
 optimizer step, so with --accum-freq N the N loss calls of a step share one alpha and one
 soft subset.
 
+Several processes (torchrun): every rank runs all of the above on its own share of each
+batch; the EMA and previous-epoch teachers follow the student, which DDP keeps equal on every
+rank. Rank 0 alone evaluates and writes the step log and the PSD checkpoint, as
+open_clip_train's save_logs decides.
+
 psd_train holds no loss math: PSDLoss (psd_kernels) owns the soft targets, both schedules
 and their step counter.
 
@@ -36,8 +41,9 @@ from tqdm import tqdm
 
 from psd_train.args import check_combined, psd_parser, split_args, without_distill_flags
 from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, atomic_save, check_resume_file, find_psd_state,
-                                  psd_state)
+                                  model_state, psd_state)
 from psd_train.compat import check_open_clip, patched
+from psd_train.console import known_messages_left_out
 from psd_train.datafiles import check_data_files
 from psd_train.errors import UsageError
 from psd_train.feed import for_loop, unwrap
@@ -48,7 +54,8 @@ from psd_train.teachers import Teacher, load_distill_model
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train; returns {"log_dir", "checkpoint", "metrics" (the last evaluation, or {})}."""
+    """Train; returns {"log_dir", "checkpoint" (None where this rank writes none), "metrics" (the last
+    evaluation, or {}; under torchrun rank 0 evaluates, writes every log file and the checkpoint)}."""
     check_open_clip()
     import open_clip_train.main as oc_main
     from open_clip_train.params import parse_args
@@ -63,10 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     psd, rest = split_args(argv)
     if psd.psd_threads is not None:
         torch.set_num_threads(psd.psd_threads)
-    if not torch.cuda.is_available() and not any(a.split("=")[0] == "--precision" for a in rest):
-        # open_clip_train's default --precision amp means bfloat16 autocast on a CPU, which is
-        # many times slower than fp32 there (no bf16 matmul units on most CPUs).
-        rest += ["--precision", "fp32"]
+    if not torch.cuda.is_available():
+        rest += _cpu_defaults(rest)
     register_demo_models()  # --model psd-tiny
     args = parse_args(rest)
     check_combined(psd, args)
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_resume_file(args.resume)
 
     run = _Run(psd, oc_main.train_one_epoch, distill=(args.distill_model, args.distill_pretrained))
-    with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet):
+    with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet), known_messages_left_out(not args.pretrained):
         try:
             status = oc_main.main(without_distill_flags(rest))
         finally:
@@ -83,6 +88,18 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError("open_clip_train stopped (see its message above): an experiment with this "
                          "--name already exists; pick a new --name or pass --resume latest")
     return run.result()
+
+
+def _cpu_defaults(argv: list[str]) -> list[str]:
+    """open_clip_train flags for a machine without CUDA, where the user left them out.
+
+    --precision fp32: open_clip_train's default amp means bfloat16 autocast on a CPU, which is
+    many times slower than fp32 there (no bf16 matmul units on most CPUs).
+    --device cpu: its default cuda would only fall back to the CPU, with a warning per process.
+    """
+    given = {a.split("=")[0] for a in argv}
+    return [token for flag, value in (("--precision", "fp32"), ("--device", "cpu")) if flag not in given
+            for token in (flag, value)]
 
 
 class _Run:
@@ -110,7 +127,8 @@ class _Run:
         if self.args is None:
             self._start(model, data, epoch, optimizer, args)
         _seed_epoch(args.seed, epoch)
-        loop_model, loop_loss = for_loop(model, self.teacher.for_epoch(unwrap(model), epoch), self.loss)
+        loop_model, loop_loss = for_loop(model, self.teacher.for_epoch(unwrap(model), epoch), self.loss,
+                                         args.accum_freq)
         self.original(loop_model, data, loop_loss, epoch, optimizer, scaler, scheduler, dist_model, args,
                       tb_writer=tb_writer)
         self._end_epoch(model, epoch, optimizer, scaler, args, tb_writer)
@@ -140,7 +158,7 @@ class _Run:
         self.loss.register_forward_pre_hook(self._before_loss)
         self.loss.register_forward_hook(self._after_loss)
         optimizer.register_step_post_hook(self._after_step)
-        if self.psd.psd_progress:
+        if self.psd.psd_progress and args.rank == 0:
             self.progress = tqdm(total=args.epochs * self.steps_per_epoch, initial=self.step, desc=args.name,
                                  unit="step", dynamic_ncols=True)
 
@@ -178,7 +196,9 @@ class _Run:
                     tb_writer.add_scalar("psd/soft_fraction", row["soft_fraction"], row["step"])
         self.steps_rows = []
         every = self.psd.psd_eval_every
-        if self.psd.psd_eval_data and (done == args.epochs or (every and done % every == 0)):
+        # rank 0 evaluates (the model is the same on every rank); the others wait for it at
+        # open_clip_train's barrier after the epoch
+        if self.psd.psd_eval_data and args.rank == 0 and (done == args.epochs or (every and done % every == 0)):
             self.metrics = self._evaluate(model, args)
             if args.save_logs:
                 row = {"epoch": done, "step": self.step, **self.metrics}
@@ -190,7 +210,7 @@ class _Run:
                     with open(os.path.join(self.log_dir, FINAL_METRICS), "w") as f:
                         json.dump(self.metrics, f, indent=1)
         if args.save_logs:
-            checkpoint = {"epoch": done, "name": args.name, "state_dict": unwrap(model).state_dict(),
+            checkpoint = {"epoch": done, "name": args.name, "state_dict": model_state(model),
                           "optimizer": optimizer.state_dict(), "psd": psd_state(self.loss, self.teacher)}
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()

@@ -53,7 +53,9 @@ def test_patched_swaps_and_restores(quiet):
     def replacement(*args, **kwargs):
         pass
 
+    ddp = torch.nn.parallel.DistributedDataParallel
     with patched(oc_main, replacement, quiet=quiet):
+        assert torch.nn.parallel.DistributedDataParallel is compat.CpuAwareDDP
         assert oc_main.train_one_epoch is replacement
         assert oc_main.create_loss is original["create_loss"]  # never replaced
         assert (oc_main.setup_logging is not original["setup_logging"]) == quiet
@@ -62,12 +64,22 @@ def test_patched_swaps_and_restores(quiet):
         assert [h.level for h in console] == [logging.WARNING if quiet else logging.NOTSET]
     assert {name: getattr(oc_main, name) for name in original} == original
     assert logging.root.handlers == handlers
+    assert torch.nn.parallel.DistributedDataParallel is ddp
 
 
 def test_feed_hides_the_teacher_from_the_optimizer():
     student, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    model, loss = for_loop(student, teacher, loss_fn=lambda **kw: kw)
+    model, loss = for_loop(student, teacher, loss_fn=lambda **kw: kw, accum_freq=1)
     assert isinstance(model, StudentWithTeacher)
     assert list(model.parameters()) == list(student.parameters())
     assert model.module is student  # what open_clip_train's unwrap_model reads
-    assert for_loop(student, None, loss_fn=len) == (student, len)
+    assert for_loop(student, None, loss_fn=len, accum_freq=1) == (student, len)
+
+
+def test_scale_counted_once_keeps_the_value_and_divides_the_gradient():
+    scale = torch.tensor(14.3, requires_grad=True)
+    _, loss = for_loop(torch.nn.Linear(2, 2), None, loss_fn=lambda logit_scale, **kw: logit_scale, accum_freq=3)
+    passed = loss(logit_scale=scale * 1.0, image_features=None)
+    assert passed.item() == scale.item()
+    passed.backward()
+    assert scale.grad.item() == pytest.approx(1 / 3, rel=1e-7)
