@@ -64,7 +64,9 @@ _ARCH_CACHE: dict = {}
 _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=0, COL_STATS=False), (128, 32)),
     (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
-    (100, "fwd", dict(TEACHER=1), (64, 32)),
+    (100, "fwd", dict(TEACHER=1, COL_STATS=False), (64, 32)),
+    (100, "fwd", dict(TEACHER=1, COL_STATS=True), (128, 32)),
+    (100, "fwd", dict(TEACHER=2, COL_STATS=True), (64, 32)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
 )
 
@@ -155,43 +157,26 @@ def _dot_tile(a_ptr, b_ptr, row0, col0, n_a, n_b, K, stride_a, stride_b,
 
 
 @triton.jit
-def _col_update(ptr, stride_k, cols, col_mask, block_in_group, S, T, row_mask, TEACHER: tl.constexpr):
-    """Fold one tile into the column statistics of a row group (read-modify-write).
+def _col_fold(m_ptr, l_ptr, w_ptr, cols, col_mask, block_in_group, X, S, row_mask, WITH_W: tl.constexpr):
+    """Fold one tile of logits X into a row group's column statistics (read-modify-write).
 
-    Column j's running (m', l') of exp(S_ij - m') over the group's rows i, the
-    teacher's (mt', lt') and w' = sum_i exp(T_ij - mt') S_ij, as in the row sweep
-    with the roles of rows and columns swapped. The group's first row block
-    (block_in_group == 0) starts from the empty state instead of reading the
-    buffer, so a re-run (e.g. by the autotuner) never folds a tile in twice.
+    Column j's running max m' and sum l' = sum_i exp(X_ij - m') over the group's rows i, and with
+    WITH_W the cross term w' = sum_i exp(X_ij - m') S_ij, as in the row sweep with rows and
+    columns swapped. The group's first row block (block_in_group == 0) starts from the empty state instead
+    of reading the buffer, so a re-run (e.g. by the autotuner) never folds a tile in twice.
     """
     load_mask = col_mask & (block_in_group != 0)
-    m = tl.load(ptr + cols, mask=load_mask, other=-1.0e30)
-    l = tl.load(ptr + stride_k + cols, mask=load_mask, other=0.0)
-    mt = tl.load(ptr + 2 * stride_k + cols, mask=load_mask, other=-1.0e30)
-    lt = tl.load(ptr + 3 * stride_k + cols, mask=load_mask, other=0.0)
-    w = tl.load(ptr + 4 * stride_k + cols, mask=load_mask, other=0.0)
-    S_max = tl.where(row_mask[:, None], S, float("-inf"))
-    m_new = tl.maximum(m, tl.max(S_max, axis=0))
-    p = tl.exp(S_max - m_new[None, :])
+    m = tl.load(m_ptr + cols, mask=load_mask, other=-1.0e30)
+    l = tl.load(l_ptr + cols, mask=load_mask, other=0.0)
+    X_max = tl.where(row_mask[:, None], X, float("-inf"))
+    m_new = tl.maximum(m, tl.max(X_max, axis=0))
+    p = tl.exp(X_max - m_new[None, :])
     corr = tl.exp(m - m_new)
-    l = l * corr + tl.sum(p, axis=0)
-    if TEACHER == 0:
-        w = w * corr + tl.sum(p * S, axis=0)
-        mt = m_new
-        lt = l
-    else:
-        T_max = tl.where(row_mask[:, None], T, float("-inf"))
-        mt_new = tl.maximum(mt, tl.max(T_max, axis=0))
-        pt = tl.exp(T_max - mt_new[None, :])
-        corr_t = tl.exp(mt - mt_new)
-        lt = lt * corr_t + tl.sum(pt, axis=0)
-        w = w * corr_t + tl.sum(pt * S, axis=0)
-        mt = mt_new
-    tl.store(ptr + cols, m_new, mask=col_mask)
-    tl.store(ptr + stride_k + cols, l, mask=col_mask)
-    tl.store(ptr + 2 * stride_k + cols, mt, mask=col_mask)
-    tl.store(ptr + 3 * stride_k + cols, lt, mask=col_mask)
-    tl.store(ptr + 4 * stride_k + cols, w, mask=col_mask)
+    tl.store(m_ptr + cols, m_new, mask=col_mask)
+    tl.store(l_ptr + cols, l * corr + tl.sum(p, axis=0), mask=col_mask)
+    if WITH_W:
+        w = tl.load(w_ptr + cols, mask=load_mask, other=0.0)
+        tl.store(w_ptr + cols, w * corr + tl.sum(p * S, axis=0), mask=col_mask)
 
 
 @triton.autotune(configs=FWD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "COL_STATS"],
@@ -260,9 +245,9 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
             l = l * corr + tl.sum(p, axis=1)
             if TEACHER == 0:
                 # T = S: the teacher weights are P's, w = sum exp(S - m) S.
-                T = S
                 w = w * corr + tl.sum(p * S, axis=1)
-            else:
+            elif not COL_STATS:
+                # the teacher's statistics and the cross term w = sum exp(T - mt) S in this tile
                 if TEACHER == 1:
                     T = st * d
                 else:
@@ -278,7 +263,24 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
             pos += tl.sum(tl.where(cols[None, :] == lab[:, None], S, 0.0), axis=1)
             m = m_new
             if COL_STATS:
-                _col_update(colpart, col_plane, cols, col_mask, rb - rb_start, S, T, row_mask, TEACHER)
+                # the student's column statistics (and w' for a self teacher at the same scale)
+                _col_fold(colpart, colpart + col_plane, colpart + 4 * col_plane, cols, col_mask,
+                          rb - rb_start, S, S, row_mask, TEACHER == 0)
+                if TEACHER != 0:
+                    # then the teacher's, rows and columns, once S is no longer needed: no cross
+                    # term here (the gradient-tile kernel forms it), so S and T are never live
+                    # together
+                    if TEACHER == 1:
+                        T = st * d
+                    else:
+                        T = st * _dot_tile(ta_ptr, tb_ptr, row0, c0, n_a, n_b, DT, stride_ta, stride_tb,
+                                           BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
+                    T_max = tl.where(col_mask[None, :], T, float("-inf"))
+                    mt_new = tl.maximum(mt, tl.max(T_max, axis=1))
+                    lt = lt * tl.exp(mt - mt_new) + tl.sum(tl.exp(T_max - mt_new[:, None]), axis=1)
+                    mt = mt_new
+                    _col_fold(colpart + 2 * col_plane, colpart + 3 * col_plane, colpart, cols, col_mask,
+                              rb - rb_start, T, T, row_mask, False)
         if TEACHER == 0:
             mt = m
             lt = l
@@ -293,30 +295,29 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
 
 
 @triton.jit
-def _direction_grad(S, T, lse, lset, g, alpha, onehot, TEACHER: tl.constexpr):
-    """g * (P - Q) for one direction, lse/lset/g/alpha broadcast to the tile.
+def _direction_grad(P, R, g, alpha, onehot, TEACHER: tl.constexpr):
+    """g * (P - Q) for one direction, g and alpha broadcast to the tile.
 
-    P = exp(S - lse), R = exp(T - lset), Q = (1 - alpha) onehot + alpha R;
+    P = exp(S - lse), R = exp(T - lse~), Q = (1 - alpha) onehot + alpha R;
     with a self teacher at the same scale R = P, so g (1 - alpha) (P - onehot).
     """
-    P = tl.exp(S - lse)
     hot = onehot.to(tl.float32)
     if TEACHER == 0:
         G = (1.0 - alpha) * (P - hot)
     else:
-        G = P - (1.0 - alpha) * hot - alpha * tl.exp(T - lset)
+        G = P - (1.0 - alpha) * hot - alpha * R
     return g * G
 
 
-@triton.autotune(configs=GRAD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "A_DIR", "B_DIR"],
+@triton.autotune(configs=GRAD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "A_DIR", "B_DIR", "CROSS"],
                  prune_configs_by={"early_config_prune": _prune_grad})
 @triton.jit
 def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                      lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
                      lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
-                     grad_ptr, ds_ptr, row_start, n_rows, n_b, D, DT,
+                     grad_ptr, ds_ptr, wrow_ptr, wcol_ptr, row_start, n_rows, n_b, D, DT,
                      stride_a, stride_b, stride_ta, stride_tb, TUNE_N,
-                     A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr,
+                     A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr, CROSS: tl.constexpr,
                      LABELS_DIAG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr,
                      DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -330,6 +331,9 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     rows, positive row labels_b), i.e. P'_ji = exp(S_ij - lse_b[j]).
     Program (i, j) writes G[rows, cols] to grad (n_rows, n_b, input dtype) and its
     share sum_{j in tile} G_ij d_ij of the logit-scale gradient to ds (n_col_tiles, n_rows).
+    CROSS (a teacher with statistics of its own, whose forward sweep left the cross terms out):
+    also the tile's shares of E_R[S_i] = sum_j R_ij S_ij to wrow (n_col_tiles, n_rows) and of
+    E_R'[S_.j] = sum_i R'_ji S_ij to wcol (n_row_tiles, n_b), from the R the tile forms anyway.
     Per tile: 2 BLOCK_M BLOCK_N D FLOPs (+ D' with a separate teacher), reads the
     operand slices from L2, writes the tile once.
     """
@@ -354,27 +358,42 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                            stride_ta, stride_tb, BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
     else:
         T = S
+    # Masked rows and columns read zeros, so S = 0 there and every R * S below vanishes.
     G = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if A_DIR:
         lse_a = tl.load(lse_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
-        lset_a = tl.load(lset_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
         g_a = tl.load(g_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
         alpha_a = tl.load(alpha_a_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
         if LABELS_DIAG:
             lab_a = rows
         else:
             lab_a = tl.load(labels_a_ptr + rows, mask=row_mask, other=-1)
-        G += _direction_grad(S, T, lse_a, lset_a, g_a, alpha_a, cols[None, :] == lab_a[:, None], TEACHER)
+        P_a = tl.exp(S - lse_a)
+        if TEACHER == 0:
+            R_a = P_a
+        else:
+            R_a = tl.exp(T - tl.load(lset_a_ptr + rows, mask=row_mask, other=0.0)[:, None])
+            if CROSS:
+                tl.store(wrow_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(R_a * S, axis=1),
+                         mask=row_mask)
+        G += _direction_grad(P_a, R_a, g_a, alpha_a, cols[None, :] == lab_a[:, None], TEACHER)
     if B_DIR:
         lse_b = tl.load(lse_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
-        lset_b = tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
         g_b = tl.load(g_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
         alpha_b = tl.load(alpha_b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         if LABELS_DIAG:
             lab_b = cols
         else:
             lab_b = tl.load(labels_b_ptr + cols, mask=col_mask, other=-1)
-        G += _direction_grad(S, T, lse_b, lset_b, g_b, alpha_b, rows[:, None] == lab_b[None, :], TEACHER)
+        P_b = tl.exp(S - lse_b)
+        if TEACHER == 0:
+            R_b = P_b
+        else:
+            R_b = tl.exp(T - tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :])
+            if CROSS:
+                tl.store(wcol_ptr + tl.cast(pid_m, tl.int64) * n_b + cols, tl.sum(R_b * S, axis=0),
+                         mask=col_mask)
+        G += _direction_grad(P_b, R_b, g_b, alpha_b, rows[:, None] == lab_b[None, :], TEACHER)
     tile_mask = row_mask[:, None] & col_mask[None, :]
     G = tl.where(tile_mask, G, 0.0)
     tl.store(ds_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(G * d, axis=1), mask=row_mask)
