@@ -36,13 +36,13 @@ Tested by: .venv/bin/python -m pytest tests/test_triton.py
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import triton
 
 from psd_kernels import triton_kernels as K
+from psd_kernels.grid import balanced_grid
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Largest G chunk of the backward (rows x columns x element size); interpreted tests use
@@ -133,12 +133,12 @@ def _merge(m, l, mt, lt, w, dim):
 
 
 def _groups(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
-    """(row groups, column splits) of the one-sweep symmetric forward: about 2 x SMs programs."""
+    """(row groups, column splits) of the one-sweep symmetric forward: the grid of
+    psd_kernels.grid.balanced_grid over 128-row blocks and 32-column tiles (the kept tiles), which
+    fills the SMs in whole waves at one and at two CTAs per SM."""
     if K.INTERPRET:  # tiny tests: several groups, some of them empty
         return min(4, triton.cdiv(n_rows, 16)), min(4, triton.cdiv(n_cols, 16))
-    target = 2 * _num_sms(device)
-    groups = max(1, min(triton.cdiv(n_rows, 128), math.isqrt(target)))
-    return groups, max(1, min(triton.cdiv(n_cols, 128), triton.cdiv(target, groups)))
+    return balanced_grid(triton.cdiv(n_rows, 128), triton.cdiv(n_cols, 32), _num_sms(device))
 
 
 def _column_stats_mode() -> str:
