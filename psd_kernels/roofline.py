@@ -203,7 +203,8 @@ def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
     for r, count in ((rows, full), (last, 1 if last else 0)):
         if count:
             out.append(launch("grad", count, 2.0 * r * b * k, cd(r / 128) * cd(b / 64)))
-            out.append(launch("gemm", count, 2.0 * r * b * d, cd(r / 128) * cd(d / 128)))
+            splits = triton_k_splits(r, d, b, gpu.sms)[0]
+            out.append(launch("gemm", count, 2.0 * r * b * d, cd(r / 128) * cd(d / 128) * splits))
     # dy: the first chunk writes (128 x 128 tiles), the others accumulate (64 x 128)
     first = min(rows, b)
     out.append(launch("gemm", 1, 2.0 * first * b * d, cd(b / 128) * cd(d / 128)))
@@ -211,6 +212,17 @@ def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
         if count > 0:
             out.append(launch("gemm_acc", count, 2.0 * r * b * d, cd(b / 64) * cd(d / 128)))
     return out
+
+
+def triton_k_splits(m: int, n: int, k: int, sms: int) -> tuple[int, int]:
+    """K splits of the dx product (triton_psd._k_splits): when its 128 x 128 output tiles are fewer
+    than 2 x SMs, as many splits of at least 2048 as keep tiles x splits within 2 x SMs."""
+    tiles = math.ceil(m / 128) * math.ceil(n / 128)
+    splits = max(1, min(2 * sms // tiles, k // 2048))
+    if splits == 1:
+        return 1, k
+    k_split = math.ceil(math.ceil(k / splits) / 64) * 64
+    return math.ceil(k / k_split), k_split
 
 
 def triton_compute_seconds(case: Case, gpu: GPU, reduction: str = "mean") -> float:
@@ -249,7 +261,8 @@ def triton_bytes(case: Case, gpu: GPU, reduction: str = "mean") -> float:
     per (row group, column). Per chunk of R rows: the G kernel reads the chunk's rows and all
     columns, writes R x B bf16 and its per-tile sums (ds, and with the one sweep the cross terms:
     per 64-column tile and row, per 128-row tile and column; written and read once); the dx product
-    reads G and y and writes R x D fp32; the dy product reads G and the chunk's rows and reads (after
+    reads G and y and writes R x D fp32 (split over K when its tiles are few: the fp32 partials
+    written and read once more); the dy product reads G and the chunk's rows and reads (after
     the first chunk) and writes B x D fp32. Then dx, dy are cast to bf16."""
     b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
     inputs = 2 * b * (d + dt) * e
@@ -266,6 +279,9 @@ def triton_bytes(case: Case, gpu: GPU, reduction: str = "mean") -> float:
     if one_sweep:
         tile_sums += 2 * (b * math.ceil(b / 64) + math.ceil(b / 128) * b) * f  # the cross terms
     products = 2 * b * b * e + b * d * e + b * d * f                         # G twice; y per chunk below
+    for r in [rows] * (b // rows) + ([b % rows] if b % rows else []):
+        splits = triton_k_splits(r, d, b, gpu.sms)[0]
+        products += 2 * splits * r * d * f if splits > 1 else 0               # dx partials written, summed
     products += (chunks - 1) * b * d * e + b * d * e                         # y re-read, x chunks
     products += (2 * chunks - 1) * b * d * f                                 # dy read and written per chunk
     cast = 2 * (b * d * f + b * d * e)

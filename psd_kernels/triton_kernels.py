@@ -10,13 +10,17 @@ S = s * a b^T, teacher logits T as selected by TEACHER:
 _psd_fwd_kernel   sweeps column tiles per row block (online softmax) and writes per-row
                   partial statistics per column split; for the symmetric loss it also folds
                   every tile into per-(row group, column) partials, so one sweep serves both
-                  directions. Registers: the BLOCK_M x BLOCK_N score tile (and the teacher's).
+                  directions (with a teacher of statistics of its own: the student's, then the
+                  teacher's, without the cross terms E_R[S], so S and T are never live together).
+                  Registers: the BLOCK_M x BLOCK_N score tile (and the teacher's).
 _psd_grad_kernel  recomputes one BLOCK_M x BLOCK_N tile of S (and T) from the saved per-row
                   statistics and writes the gradient tile G = g (P - Q) (both directions'
                   terms for the symmetric loss) in the input dtype, plus the tile's share of
-                  ds_i = sum_j G_ij d_ij. Registers: the score tiles only.
+                  ds_i = sum_j G_ij d_ij and, on request (CROSS), of the cross terms E_R[S] of
+                  rows and columns. Registers: the score tiles only.
 _gemm_kernel      C (fp32) = [C +] alpha * A @ B with any strides: the gradient products
-                  dx = s G y and dy = s G^T x over the G tiles of a chunk of rows.
+                  dx = s G y and dy = s G^T x over the G tiles of a chunk of rows; a third
+                  grid axis splits K when the output tiles alone are too few for the SMs.
 
 No kernel keeps a D-wide accumulator across column tiles (the old backward held BLOCK_M x D
 fp32 gradient rows in registers and spilled); docs/fused_algorithm.md counts the FLOPs and
@@ -119,7 +123,7 @@ def _prune_gemm(configs, named_args, **kwargs):
 def _prune_fwd(configs, named_args, **kwargs):
     """The one-sweep symmetric forward (COL_STATS) also folds every tile into column statistics,
     and a separate teacher (TEACHER 2) adds a second score tile: their 64-wide tiles spill (sm_80,
-    sm_90), so they keep the 32-wide ones."""
+    sm_90, sm_100; 8 to 336 bytes per thread), so they keep the 32-wide ones."""
     kept = _prune_wide(configs, named_args, **kwargs)
     if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == 2:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
@@ -196,8 +200,11 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
     exp(T - mt) * S, rescaled whenever mt moves; pos = S_{i,c_i} from the tile that holds
     c_i (the same S as in lse, so a one-column loss cancels exactly). Writes 6 floats per
     (row, split) to part (6, n_a, n_split).
-    COL_STATS (the symmetric loss, one sweep for both directions): each tile is
-    also folded into 5 floats per (group, column) in colpart (5, n_groups, n_b).
+    COL_STATS (the symmetric loss, one sweep for both directions): each tile is also folded
+    into per-(group, column) partials in colpart (5, n_groups, n_b): (m', l', -, -, w') for a
+    self teacher at the student's scale; (m', l', mt', lt', -) otherwise, the student's tile
+    folded before the teacher's is formed, and the rows keep no w either (the cross terms
+    E_R[S] come from the gradient tiles).
     Per tile: reads a BLOCK_M x D and a BLOCK_N x D slice (L2), 2 BLOCK_M BLOCK_N D
     FLOPs (twice with a separate teacher). The host merges the partials:
         lse = LSE_h(m_h + log l_h),  E_R[S] = sum_h w_h e^{mt_h} / sum_h lt_h e^{mt_h}.
@@ -405,28 +412,36 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
 @triton.autotune(configs=GEMM_CONFIGS, key=["M", "N", "K", "ACCUMULATE"],
                  prune_configs_by={"early_config_prune": _prune_gemm}, restore_value=["c_ptr"])
 @triton.jit
-def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
-                 ACCUMULATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, k_split, stride_am, stride_ak, stride_bk, stride_bn,
+                 stride_cm, stride_cs, ACCUMULATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """C = [C +] alpha * A @ B, A (M x K) and B (K x N) of one dtype with any strides, C fp32 (M x N,
     row stride stride_cm), fp32 accumulation. Each program owns one BLOCK_M x BLOCK_N tile of C,
     so accumulation needs no atomics. Per K step: BLOCK_M x BLOCK_K and BLOCK_K x BLOCK_N operand
     slices, 2 BLOCK_M BLOCK_N BLOCK_K FLOPs.
+    Program (i, j, h) sums k in [h k_split, (h + 1) k_split) only and writes its tile to
+    C + h stride_cs: with one split (k_split >= K) that is C itself, with several the host adds
+    the partial products (deterministic, no atomics).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     row0 = pid_m * BLOCK_M
     col0 = pid_n * BLOCK_N
-    a_ptrs = a_ptr + tl.cast(row0, tl.int64) * stride_am + (rm[:, None] * stride_am + rk[None, :] * stride_ak)
-    b_ptrs = b_ptr + tl.cast(col0, tl.int64) * stride_bn + (rk[:, None] * stride_bk + rn[None, :] * stride_bn)
+    k_start = pid_k * k_split
+    k_end = tl.minimum(K, k_start + k_split)
+    a_ptrs = a_ptr + (tl.cast(row0, tl.int64) * stride_am + tl.cast(k_start, tl.int64) * stride_ak) \
+        + (rm[:, None] * stride_am + rk[None, :] * stride_ak)
+    b_ptrs = b_ptr + (tl.cast(col0, tl.int64) * stride_bn + tl.cast(k_start, tl.int64) * stride_bk) \
+        + (rk[:, None] * stride_bk + rn[None, :] * stride_bn)
     a_rows = (row0 + rm) < M
     b_cols = (col0 + rn) < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = (k0 + rk) < K
+    for k0 in range(k_start, k_end, BLOCK_K):
+        k_mask = (k0 + rk) < k_end
         a = tl.load(a_ptrs, mask=a_rows[:, None] & k_mask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_mask[:, None] & b_cols[None, :], other=0.0)
         if DOT_FP32:
@@ -436,7 +451,8 @@ def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, stride_am, stride_ak, 
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     acc = acc * tl.load(alpha_ptr).to(tl.float32)
-    c_ptrs = c_ptr + tl.cast(row0, tl.int64) * stride_cm + col0 + (rm[:, None] * stride_cm + rn[None, :])
+    c_ptrs = c_ptr + (tl.cast(pid_k, tl.int64) * stride_cs + tl.cast(row0, tl.int64) * stride_cm + col0) \
+        + (rm[:, None] * stride_cm + rn[None, :])
     c_mask = a_rows[:, None] & b_cols[None, :]
     if ACCUMULATE:
         acc += tl.load(c_ptrs, mask=c_mask, other=0.0)

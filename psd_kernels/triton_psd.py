@@ -8,10 +8,16 @@ there are few row blocks), writing per-row partial statistics that are merged
 here. The symmetric loss with a self teacher at the student's scale uses the same
 sweep for both directions: each program owns a row group and a column split and also
 folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=sweep instead
-runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py).
-A teacher with statistics of its own (another scale, separate embeddings) always takes the
-second sweep: with column partials its tiles spill registers (python -m
-psd_kernels.compile_check showed 8 to 64 bytes per thread at every tile shape).
+runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py);
+the grid (row groups x column splits) comes from psd_kernels.grid.balanced_grid.
+A teacher with statistics of its own (another scale, separate embeddings):
+  mean / sum with gradients (clip_weighted_loss): one sweep that folds the student's tile and
+      then the teacher's into row and column statistics, without the cross terms E_R[S]
+      (holding S and T together with column partials spilled registers); the gradient tiles,
+      formed in the forward since every row's weight is known, also sum R * S into E_R[S];
+      then the products. dx, dy, ds are kept and scaled by the upstream gradient in the backward.
+  "none": the per-row weights come only with the backward, so the forward takes a second
+      sweep with the roles swapped and the backward recomputes as below.
 
 Backward, per chunk of rows (as many as keep the chunk's gradient tile matrix within
 _GRAD_CHUNK_BYTES): _psd_grad_kernel recomputes every tile of S (and T) from the saved
@@ -51,6 +57,8 @@ _GRAD_CHUNK_BYTES = 2048 if K.INTERPRET else 1 << 30
 _SM_CACHE: dict = {}
 _MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in K.GRAD_CONFIGS)
 _MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in K.GRAD_CONFIGS)
+# Shortest K range of a split product (_k_splits); interpreted tests split K at tiny sizes.
+_MIN_K_SPLIT = 32 if K.INTERPRET else 2048
 
 
 def supports(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -202,15 +210,35 @@ def _chunk_rows(n_a: int, n_b: int, element_size: int) -> int:
     return min(rows, triton.cdiv(n_a, unit) * unit)
 
 
+def _k_splits(m: int, n: int, k: int, device: torch.device) -> tuple[int, int]:
+    """(splits, columns of K per split) for C = A @ B: one split when its 128 x 128 output tiles
+    fill two CTA slots per SM; otherwise (a chunk of few rows against a long batch) as many splits
+    as keep tiles x splits within those slots (whole waves at one or two CTAs per SM), each at
+    least _MIN_K_SPLIT and a multiple of 64 long."""
+    unit = 16 if K.INTERPRET else 128
+    tiles, slots = triton.cdiv(m, unit) * triton.cdiv(n, unit), 2 * _num_sms(device)
+    splits = max(1, min(slots // tiles, k // _MIN_K_SPLIT))
+    if splits == 1:
+        return 1, k
+    k_split = triton.cdiv(triton.cdiv(k, splits), 64) * 64
+    return triton.cdiv(k, k_split), k_split
+
+
 def _gemm(a, b, c, alpha, accumulate):
-    """c (fp32) = [c +] alpha * a @ b on the tensor cores (a, b: one dtype, any strides)."""
+    """c (fp32) = [c +] alpha * a @ b on the tensor cores (a, b: one dtype, any strides). A product
+    whose output tiles are too few for the SMs splits K over a third grid axis into fp32 partial
+    products, summed here."""
     m, k = a.shape
     n = b.shape[1]
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    splits, k_split = (1, k) if accumulate else _k_splits(m, n, k, a.device)
+    out = c if splits == 1 else torch.empty((splits, m, n), device=c.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     fp32 = a.dtype == torch.float32
-    _launch(K._gemm_kernel, grid, (a, b, c, alpha, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                                   c.stride(0)),
+    _launch(K._gemm_kernel, grid, (a, b, out, alpha, m, n, k, k_split, a.stride(0), a.stride(1), b.stride(0),
+                                   b.stride(1), out.stride(-2), out.stride(0) if splits > 1 else 0),
             ACCUMULATE=accumulate, DOT_FP32=K.INTERPRET, PRECISION="ieee" if (fp32 or K.INTERPRET) else None)
+    if splits > 1:
+        c.copy_(out.sum(dim=0))
 
 
 def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da, need_db, need_ds,
@@ -275,8 +303,9 @@ class _PSDFunction(torch.autograd.Function):
         s = scale.detach()
         ts = s if tscale is None else tscale.detach()
         # Column partials in the same sweep for a self teacher at the student's scale; with
-        # teacher statistics of their own (TEACHER 1, 2) the tile holds too many live values
-        # for the registers (compile_check), so the columns get a second sweep.
+        # teacher statistics of their own (TEACHER 1, 2) the loss needs the cross terms E_R[S],
+        # which a sweep with column partials leaves to the gradient tiles, unknown here without
+        # the per-row weights: the columns get a second sweep (mean/sum: _ClipWeightedFunction).
         one_sweep = symmetric and teacher == 0 and _column_stats_mode() == "partials"
         (lse_x, lset_x, e_x, pos), cols = _forward_stats(x, y, tx, ty, s, ts, labels, teacher, one_sweep)
         loss_x = _row_losses(lse_x, e_x, pos, alpha_x)
@@ -458,7 +487,7 @@ def compile_variants(dtype: str, d: int, teacher: str, arch: int) -> list:
     gemm_types = dict(a_ptr=ptr, b_ptr=ptr, c_ptr="*fp32", alpha_ptr="*fp32")
     gemm = dict(DOT_FP32=False, PRECISION=precision)
     add("gemm_da", K._gemm_kernel, dict(gemm, ACCUMULATE=False), gemm_types,
-        ("K", "stride_am", "stride_bk", "stride_cm"), unit=("stride_ak", "stride_bn"))
+        ("K", "k_split", "stride_am", "stride_bk", "stride_cm", "stride_cs"), unit=("stride_ak", "stride_bn"))
     add("gemm_db", K._gemm_kernel, dict(gemm, ACCUMULATE=True), gemm_types,
-        ("stride_ak", "stride_bk", "stride_cm"), unit=("stride_am", "stride_bn"))
+        ("stride_ak", "stride_bk", "stride_cm", "stride_cs"), unit=("stride_am", "stride_bn"))
     return variants

@@ -50,6 +50,11 @@ def test_triton_launches_at_b_32768():
     kinds = [(x.kernel, x.count, x.programs) for x in launches[1:]]
     assert kinds == [("grad", 2, 128 * 512), ("gemm", 2, 128 * 4), ("gemm", 1, 256 * 4), ("gemm_acc", 1, 512 * 4)]
     assert sum(x.count * x.flops for x in launches) == R.triton_flops(R.CASES[1])
+    # B = 1,048,576: 512-row chunks, whose dx product (4 x 4 output tiles) splits K = B in 16
+    big = R.triton_launches(R.CASES[2], R.H100_SXM)
+    assert R.triton_k_splits(512, 512, 1 << 20, 132) == (16, 65536)
+    assert (big[2].kernel, big[2].count, big[2].programs) == ("gemm", 2048, 4 * 4 * 16)
+    assert big[2].efficiency == pytest.approx(256 / 264)
     # the compute time divides each launch's FLOPs by its grid's efficiency
     ideal = R.triton_flops(R.CASES[1]) / R.H100_SXM.bf16_tensor
     assert ideal < R.triton_compute_seconds(R.CASES[1], R.H100_SXM) < ideal / 0.96

@@ -159,6 +159,16 @@ def test_backward_over_several_gradient_chunks(teacher):
 
 
 @interpreted
+def test_products_split_k_when_their_tiles_are_few():
+    """dx of a 16-row chunk against 97 columns has two output tiles, too few for the (interpreted)
+    SMs: K splits over the grid into two partial products, summed on the host."""
+    from psd_kernels import triton_psd
+    assert triton_psd._k_splits(16, 20, 97, torch.device("cpu")) == (2, 64)
+    assert triton_psd._k_splits(16, 20, 31, torch.device("cpu")) == (1, 31)   # too short to split
+    check_one_direction(50, 97, 20, torch.float32, "cpu", "separate")
+
+
+@interpreted
 @pytest.mark.parametrize("reduction", ("mean", "sum"))
 def test_reductions(reduction):
     check_one_direction(9, 21, 17, torch.float32, "cpu", "separate", reduction=reduction)
