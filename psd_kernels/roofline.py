@@ -257,19 +257,20 @@ def _triton_splits(batch: int, sms: int) -> int:
 
 def triton_bytes(case: Case, gpu: GPU, reduction: str = "mean") -> float:
     """Forward: each sweep reads the inputs (+ the teacher's) and writes and merges its partials:
-    two row sweeps 6 floats per (row, column split) each; the one sweep 6 per (row, split) and 5
-    per (row group, column). Per chunk of R rows: the G kernel reads the chunk's rows and all
-    columns, writes R x B bf16 and its per-tile sums (ds, and with the one sweep the cross terms:
-    per 64-column tile and row, per 128-row tile and column; written and read once); the dx product
-    reads G and y and writes R x D fp32 (split over K when its tiles are few: the fp32 partials
-    written and read once more); the dy product reads G and the chunk's rows and reads (after
-    the first chunk) and writes B x D fp32. Then dx, dy are cast to bf16."""
+    two row sweeps 6 floats per (row, column split) each; the one sweep 6 per (row, split) and 4
+    per (row group, column) (m', l', mt', lt': both cases' teachers have statistics). Per chunk
+    of R rows: the G kernel reads the chunk's rows and all columns, writes R x B bf16 and its
+    per-tile sums (ds, and with the one sweep the cross terms: per 64-column tile and row, per
+    128-row tile and column; written and read once); the dx product reads G and y and writes
+    R x D fp32 (split over K when its tiles are few: the fp32 partials written and read once
+    more); the dy product reads G and the chunk's rows and reads (after the first chunk) and
+    writes B x D fp32. Then dx, dy are cast to bf16."""
     b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
     inputs = 2 * b * (d + dt) * e
     one_sweep = triton_forward_sweeps(case, reduction) == 1
     if one_sweep:
         groups, splits = balanced_grid(math.ceil(b / 128), math.ceil(b / 32), gpu.sms)
-        forward = inputs + 2 * (6 * b * splits + 5 * groups * b) * f
+        forward = inputs + 2 * (6 * b * splits + 4 * groups * b) * f
     else:
         forward = 2 * (inputs + 2 * 6 * b * _triton_splits(b, gpu.sms) * f)
     rows = triton_chunk_rows(b)
@@ -394,7 +395,8 @@ def launch_table(cases, gpu: GPU) -> str:
         for reduction in ("mean", "none"):
             executed = triton_flops(case, reduction)
             for i, x in enumerate(triton_launches(case, gpu, reduction)):
-                first = (f"{executed / unit:.3g}", f"{100 * useful_flops(case) / executed:.0f}%") if i == 0 else ("", "")
+                share = f"{100 * useful_flops(case) / executed:.0f}%"
+                first = (f"{executed / unit:.3g}", share) if i == 0 else ("", "")
                 lines.append(f"| {case.name if i == 0 else ''} | {reduction if i == 0 else ''} | {first[0]} | "
                              f"{first[1]} | {x.kernel} | {x.count} | {x.programs} | {x.ctas} | "
                              f"{x.programs / (gpu.sms * x.ctas):.2f} | {100 * x.efficiency:.1f}% |")

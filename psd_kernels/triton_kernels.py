@@ -166,8 +166,9 @@ def _col_fold(m_ptr, l_ptr, w_ptr, cols, col_mask, block_in_group, X, S, row_mas
 
     Column j's running max m' and sum l' = sum_i exp(X_ij - m') over the group's rows i, and with
     WITH_W the cross term w' = sum_i exp(X_ij - m') S_ij, as in the row sweep with rows and
-    columns swapped. The group's first row block (block_in_group == 0) starts from the empty state instead
-    of reading the buffer, so a re-run (e.g. by the autotuner) never folds a tile in twice.
+    columns swapped. The group's first row block (block_in_group == 0) starts from the empty
+    state instead of reading the buffer, so a re-run (e.g. by the autotuner) never folds a tile
+    in twice.
     """
     load_mask = col_mask & (block_in_group != 0)
     m = tl.load(m_ptr + cols, mask=load_mask, other=-1.0e30)

@@ -100,7 +100,7 @@ def test_triton_bytes_pass_by_pass():
     # mean: one sweep, 1 row group x 4 splits (one 32-column tile each); row and column partials;
     # the cross terms per (64-column tile, row) and per (128-row tile, column)
     assert R.balanced_grid(1, 4, 132) == (1, 4)
-    forward = inputs + 2 * (6 * 128 * 4 + 5 * 1 * 128) * 4
+    forward = inputs + 2 * (6 * 128 * 4 + 4 * 1 * 128) * 4
     cross = 2 * (128 * 2 + 1 * 128) * 4
     assert R.triton_bytes(tiny, R.H100_SXM) == forward + grad_tiles + ds_sums + cross + products + cast
     assert R.triton_chunk_rows(1 << 20) == 512                # 1 GiB of bf16 G rows at B = 1M
