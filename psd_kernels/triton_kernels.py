@@ -54,9 +54,11 @@ def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
 # (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
 # 64-row tiles run 4 warps and 128-row tiles 8. Every config kept by the prune functions below is
 # spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.compile_check;
-# registers do not depend on D, which only sets the trip count of the K loops).
-FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3)))
-GRAD_CONFIGS = _configs(((128, 64, 8, 3), (64, 64, 4, 3)))
+# registers do not depend on D, which only sets the trip count of the K loops). The 4-stage forward
+# config serves the one sweep with column partials only, the 32-wide gradient tile only where the
+# 64-wide ones spill (see the prune functions).
+FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (128, 32, 8, 4), (64, 32, 4, 3)))
+GRAD_CONFIGS = _configs(((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)))
 GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)),
                         keys=("BLOCK_M", "BLOCK_N", "BLOCK_K"))
 
@@ -69,8 +71,9 @@ _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=0, COL_STATS=False), (128, 32)),
     (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
     (100, "fwd", dict(TEACHER=1, COL_STATS=False), (64, 32)),
-    (100, "fwd", dict(TEACHER=1, COL_STATS=True), (128, 32)),
     (100, "fwd", dict(TEACHER=2, COL_STATS=True), (64, 32)),
+    (100, "grad", dict(CROSS=True), (128, 64)),
+    (100, "grad", dict(CROSS=True), (64, 64)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
 )
 
@@ -108,7 +111,10 @@ def _prune_wide(configs, named_args, **kwargs):
 
 
 def _prune_grad(configs, named_args, **kwargs):
-    return _drop_arch_spills("grad", _prune_wide(configs, named_args, **kwargs), named_args, kwargs)
+    """The 64-wide tiles; the 32-wide one only where both spill (sm_100 with the cross terms, 56 to
+    88 bytes per thread once the launch's sizes are specialised)."""
+    kept = _drop_arch_spills("grad", _prune_wide(configs, named_args, **kwargs), named_args, kwargs)
+    return [c for c in kept if c.kwargs["BLOCK_N"] >= 64] or kept
 
 
 def _prune_gemm(configs, named_args, **kwargs):
@@ -123,10 +129,14 @@ def _prune_gemm(configs, named_args, **kwargs):
 def _prune_fwd(configs, named_args, **kwargs):
     """The one-sweep symmetric forward (COL_STATS) also folds every tile into column statistics,
     and a separate teacher (TEACHER 2) adds a second score tile: their 64-wide tiles spill (sm_80,
-    sm_90, sm_100; 8 to 336 bytes per thread), so they keep the 32-wide ones."""
+    sm_90, sm_100; 8 to 336 bytes per thread), so they keep the 32-wide ones. The one sweep runs
+    its 128 x 32 tile with 4 stages: with 3 it spills on sm_100 (8 to 56 bytes per thread, for a
+    teacher with statistics of its own) and the other sweeps keep 3."""
     kept = _prune_wide(configs, named_args, **kwargs)
     if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == 2:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
+    stages = 3 if kwargs.get("COL_STATS") else 4   # the 128 x 32 config this launch does not run
+    kept = [c for c in kept if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) != (128, 32, stages)]
     return _drop_arch_spills("fwd", kept, named_args, kwargs)
 
 
