@@ -17,12 +17,15 @@ its logits are a multiple of the student's (D' = 0 here). Executed: what each
 backend's algorithm runs, counting matrix products only (the element-wise
 epilogues, exp included, are left out):
 
-    psd-triton   forward: two row sweeps, 2 x 2 B^2 (D + D') (a teacher with its own
-                 statistics, as in both benchmark cases; a self teacher at the
-                 student's scale takes one sweep with column partials); backward:
-                 the gradient tiles recompute the scores once, 2 B^2 (D + D'), then
-                 the products dx = s G y and dy = s G^T x, 4 B^2 D: 10 B^2 D + 6 B^2 D'
-                 in all, on bf16 tensor cores.
+    psd-triton   mean/sum (the table; both cases' teachers have statistics of their own):
+                 one forward sweep with column partials, 2 B^2 (D + D'); the gradient tiles,
+                 formed in the forward, recompute the scores once, 2 B^2 (D + D'), and also
+                 give the cross terms E_R[S]; then the products dx = s G y and dy = s G^T x,
+                 4 B^2 D: 8 B^2 D + 4 B^2 D' in all, on bf16 tensor cores.
+                 reduction="none" (printed below the table): the forward has no per-row
+                 weights yet, so a teacher with statistics of its own takes two row sweeps
+                 and the backward recomputes: 10 B^2 D + 6 B^2 D'. A self teacher at the
+                 student's scale always takes one sweep: 8 B^2 D.
     psd-cpp      (csrc/psd_loss.cpp, CUDA) the forward_backward op: sweep 1 computes
                  the scores of every block of R = 2^26 / B rows (one cuBLAS GEMM, one
                  more for a separate teacher) for the row and column statistics;
@@ -56,6 +59,12 @@ vectors of O(B) floats left out except where a launch sweeps them per block.
                  (4) read by every block of sweep 2 (a self teacher at its own scale, as
                  in the benchmark, keeps teacher statistics too); the gradients are cast back.
 
+Waves (psd-triton): each launch runs its programs in ceil(P / slots) waves on slots = SMs x
+CTAs per SM, the CTAs per SM following from the registers and shared memory of the config the
+launcher runs first (python -m psd_kernels.compile_check, sm_90, bf16); its compute time is
+divided by the grid's efficiency (psd_kernels.grid: work / (slots x waves x longest program)).
+psd-cpp's cuBLAS GEMMs are taken at the peak rate.
+
 Peak rates and bandwidths are NVIDIA's datasheet figures (dense, no sparsity); what
 a GPU reaches is lower (benchmarks/device_check.py measures bf16 torch.mm in the same
 run as the losses).
@@ -68,6 +77,8 @@ import math
 import sys
 from dataclasses import dataclass
 from typing import Callable
+
+from psd_kernels.grid import balanced_grid, group_split_efficiency, wave_efficiency
 
 BF16_BYTES = 2
 FP32_BYTES = 4
@@ -120,19 +131,103 @@ def useful_flops(case: Case) -> float:
     return 6 * b2 * case.dim + 2 * b2 * case.d_teacher
 
 
-def triton_forward_sweeps(case: Case) -> int:
-    """Row sweeps of the symmetric forward: one with column partials for a self teacher at the
-    student's scale; two (rows, then columns) when the teacher has statistics of its own, as the
-    benchmark's self teacher at half the scale and a separate teacher do (triton_psd)."""
-    return 2
+def triton_forward_sweeps(case: Case, reduction: str = "mean") -> int:
+    """Row sweeps of the symmetric forward: one with column partials for mean/sum (the gradients
+    are formed in the forward, the cross terms in the gradient tiles); two (rows, then columns) for
+    reduction="none" when the teacher has statistics of its own, as the benchmark's self teacher at
+    half the scale and a separate teacher do (triton_psd)."""
+    return 1 if reduction != "none" else 2
 
 
-def triton_flops(case: Case) -> float:
-    """Forward: 2 B^2 (D + D') per sweep; backward: the G tiles recompute the scores once for both
-    sides, 2 B^2 (D + D'), then the two products dx = s G y and dy = s G^T x, 4 B^2 D."""
+def triton_flops(case: Case, reduction: str = "mean") -> float:
+    """Forward: 2 B^2 (D + D') per sweep; gradient tiles: the scores recomputed once for both sides,
+    2 B^2 (D + D'); the two products dx = s G y and dy = s G^T x, 4 B^2 D."""
     b2 = float(case.batch) ** 2
     k = case.dim + case.d_teacher
-    return triton_forward_sweeps(case) * 2 * b2 * k + 2 * b2 * k + 4 * b2 * case.dim
+    return triton_forward_sweeps(case, reduction) * 2 * b2 * k + 2 * b2 * k + 4 * b2 * case.dim
+
+
+# The config each Triton kernel runs first (the autotuner may pick another) and its resources from
+# python -m psd_kernels.compile_check --arch 90 --dtype bf16 --D 512 (the larger of the two
+# teacher cases' registers): (BLOCK_M, BLOCK_N, warps, registers per thread, shared memory bytes).
+TRITON_KERNELS = {
+    "fwd_sym": (128, 32, 8, 255, 82944),    # one sweep with column partials (4 stages)
+    "fwd_sym2": (128, 64, 8, 228, 50176),   # a row sweep (reduction="none": two of them)
+    "grad": (128, 64, 8, 253, 74752),       # gradient tiles (with the cross terms)
+    "gemm": (128, 128, 8, 192, 66560),      # dx chunk, and the first chunk's dy
+    "gemm_acc": (64, 128, 4, 255, 33792),   # dy += s G^T x_chunk
+}
+SM_REGISTERS = 65536
+SM_SHARED = 228 * 1024        # H100/H200: 228 KB per SM, 1 KB of it reserved per CTA
+SM_WARPS = 64
+
+
+def ctas_per_sm(warps: int, registers: int, shared: int) -> int:
+    """Resident CTAs per SM: registers (allocated per warp in units of 256), shared memory, warps."""
+    per_warp = math.ceil(registers * 32 / 256) * 256
+    return max(1, min(SM_REGISTERS // (per_warp * warps), SM_SHARED // (shared + 1024), SM_WARPS // warps))
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str        # a key of TRITON_KERNELS
+    count: int         # how many such launches (one per G chunk, ...)
+    flops: float       # per launch
+    programs: int      # per launch
+    efficiency: float  # of the grid on the GPU's slots (psd_kernels.grid)
+
+    @property
+    def ctas(self) -> int:
+        _, _, warps, regs, smem = TRITON_KERNELS[self.kernel]
+        return ctas_per_sm(warps, regs, smem)
+
+
+def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
+    """Every launch of a forward + backward at B = case.batch with its grid (triton_psd)."""
+    b, d, k = case.batch, case.dim, case.dim + case.d_teacher
+    cd = math.ceil
+
+    def launch(kernel, count, flops, programs, efficiency=None):
+        slots = gpu.sms * ctas_per_sm(*TRITON_KERNELS[kernel][2:])
+        eff = wave_efficiency(programs, slots) if efficiency is None else efficiency(slots)
+        return Launch(kernel, count, flops, programs, eff)
+
+    if triton_forward_sweeps(case, reduction) == 1:
+        groups, splits = balanced_grid(cd(b / 128), cd(b / 32), gpu.sms)
+        out = [launch("fwd_sym", 1, 2.0 * b * b * k, groups * splits,
+                      lambda slots: group_split_efficiency(cd(b / 128), cd(b / 32), groups, splits, slots))]
+    else:
+        out = [launch("fwd_sym2", 2, 2.0 * b * b * k, cd(b / 128) * _triton_splits(b, gpu.sms))]
+    rows = triton_chunk_rows(b)
+    full, last = divmod(b, rows)
+    for r, count in ((rows, full), (last, 1 if last else 0)):
+        if count:
+            out.append(launch("grad", count, 2.0 * r * b * k, cd(r / 128) * cd(b / 64)))
+            splits = triton_k_splits(r, d, b, gpu.sms)[0]
+            out.append(launch("gemm", count, 2.0 * r * b * d, cd(r / 128) * cd(d / 128) * splits))
+    # dy: the first chunk writes (128 x 128 tiles), the others accumulate (64 x 128)
+    first = min(rows, b)
+    out.append(launch("gemm", 1, 2.0 * first * b * d, cd(b / 128) * cd(d / 128)))
+    for r, count in ((rows, full - 1), (last, 1 if last and full else 0)):
+        if count > 0:
+            out.append(launch("gemm_acc", count, 2.0 * r * b * d, cd(b / 64) * cd(d / 128)))
+    return out
+
+
+def triton_k_splits(m: int, n: int, k: int, sms: int) -> tuple[int, int]:
+    """K splits of the dx product (triton_psd._k_splits): when its 128 x 128 output tiles are fewer
+    than 2 x SMs, as many splits of at least 2048 as keep tiles x splits within 2 x SMs."""
+    tiles = math.ceil(m / 128) * math.ceil(n / 128)
+    splits = max(1, min(2 * sms // tiles, k // 2048))
+    if splits == 1:
+        return 1, k
+    k_split = math.ceil(math.ceil(k / splits) / 64) * 64
+    return math.ceil(k / k_split), k_split
+
+
+def triton_compute_seconds(case: Case, gpu: GPU, reduction: str = "mean") -> float:
+    """Sum over launches of FLOPs / (bf16 peak x the grid's efficiency)."""
+    return sum(x.count * x.flops / (gpu.bf16_tensor * x.efficiency) for x in triton_launches(case, gpu, reduction))
 
 
 def triton_chunk_rows(batch: int, chunk_bytes: int = 1 << 30) -> int:
@@ -160,31 +255,46 @@ def _triton_splits(batch: int, sms: int) -> int:
     return max(1, min(64, math.ceil(batch / 64), math.ceil(2 * sms / math.ceil(batch / 128))))
 
 
-def triton_bytes(case: Case, gpu: GPU) -> float:
-    """Forward: each sweep reads the inputs (+ the teacher's) and writes and merges 6 floats per
-    (row, column split). Backward, per chunk of R rows: the G kernel reads the chunk's rows and all
-    columns and writes R x B bf16; the dx product reads G and y and writes R x D fp32; the dy
-    product reads G and the chunk's rows and reads (after the first chunk) and writes B x D fp32.
-    Then dx, dy are cast to bf16."""
+def triton_bytes(case: Case, gpu: GPU, reduction: str = "mean") -> float:
+    """Forward: each sweep reads the inputs (+ the teacher's) and writes and merges its partials:
+    two row sweeps 6 floats per (row, column split) each; the one sweep 6 per (row, split) and 4
+    per (row group, column) (m', l', mt', lt': both cases' teachers have statistics). Per chunk
+    of R rows: the G kernel reads the chunk's rows and all columns, writes R x B bf16 and its
+    per-tile sums (ds, and with the one sweep the cross terms: per 64-column tile and row, per
+    128-row tile and column; written and read once); the dx product reads G and y and writes
+    R x D fp32 (split over K when its tiles are few: the fp32 partials written and read once
+    more); the dy product reads G and the chunk's rows and reads (after the first chunk) and
+    writes B x D fp32. Then dx, dy are cast to bf16."""
     b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
     inputs = 2 * b * (d + dt) * e
-    forward = triton_forward_sweeps(case) * (inputs + 2 * 6 * b * _triton_splits(b, gpu.sms) * f)
+    one_sweep = triton_forward_sweeps(case, reduction) == 1
+    if one_sweep:
+        groups, splits = balanced_grid(math.ceil(b / 128), math.ceil(b / 32), gpu.sms)
+        forward = inputs + 2 * (6 * b * splits + 4 * groups * b) * f
+    else:
+        forward = 2 * (inputs + 2 * 6 * b * _triton_splits(b, gpu.sms) * f)
     rows = triton_chunk_rows(b)
     chunks = math.ceil(b / rows)
     grad_tiles = chunks * b * (d + dt) * e + b * (d + dt) * e + b * b * e   # columns per chunk, rows once, G
+    tile_sums = 2 * b * math.ceil(b / 64) * f                                # ds per (64-column tile, row)
+    if one_sweep:
+        tile_sums += 2 * (b * math.ceil(b / 64) + math.ceil(b / 128) * b) * f  # the cross terms
     products = 2 * b * b * e + b * d * e + b * d * f                         # G twice; y per chunk below
+    for r in [rows] * (b // rows) + ([b % rows] if b % rows else []):
+        splits = triton_k_splits(r, d, b, gpu.sms)[0]
+        products += 2 * splits * r * d * f if splits > 1 else 0               # dx partials written, summed
     products += (chunks - 1) * b * d * e + b * d * e                         # y re-read, x chunks
     products += (2 * chunks - 1) * b * d * f                                 # dy read and written per chunk
     cast = 2 * (b * d * f + b * d * e)
-    return forward + grad_tiles + products + cast
+    return forward + grad_tiles + tile_sums + products + cast
 
 
-def triton_tile_rereads(case: Case, rows_per_block: int = 128) -> float:
+def triton_tile_rereads(case: Case, rows_per_block: int = 128, reduction: str = "mean") -> float:
     """Bytes the Triton kernels read in column tiles if none of the re-reads hit L2: every 128-row
     block of each forward sweep and of the G kernel streams all B columns (+ the teacher's)."""
     b = case.batch
     column_bytes = b * (case.dim + case.d_teacher) * BF16_BYTES
-    return (triton_forward_sweeps(case) + 1) * math.ceil(b / rows_per_block) * column_bytes
+    return (triton_forward_sweeps(case, reduction) + 1) * math.ceil(b / rows_per_block) * column_bytes
 
 
 def cpp_bytes(case: Case) -> float:
@@ -217,10 +327,11 @@ class Backend:
     precision: str          # which peak rate its products run at: "bf16", "tf32" or "fp32"
     flops: Callable[[Case], float]
     bytes: Callable[[Case, GPU], float]
+    compute: Callable[[Case, GPU], float] | None = None   # seconds; None: executed FLOPs at the peak
 
 
 BACKENDS = (
-    Backend("psd-triton", "bf16", triton_flops, triton_bytes),
+    Backend("psd-triton", "bf16", triton_flops, triton_bytes, triton_compute_seconds),
     Backend("psd-cpp", "fp32", cpp_flops, lambda case, gpu: cpp_bytes(case)),
     Backend("psd-cpp [tf32]", "tf32", cpp_flops, lambda case, gpu: cpp_bytes(case)),
 )
@@ -235,11 +346,13 @@ def predict(case: Case, backend: Backend, gpu: GPU) -> dict:
     executed = backend.flops(case)
     moved = backend.bytes(case, gpu)
     rate = peak_rate(gpu, backend.precision)
-    compute_s, memory_s = executed / rate, moved / gpu.hbm
+    compute_s = executed / rate if backend.compute is None else backend.compute(case, gpu)
+    memory_s = moved / gpu.hbm
     predicted = max(compute_s, memory_s)
     return {"case": case.name, "B": case.batch, "D": case.dim, "teacher": case.teacher, "D_teacher": case.d_teacher,
             "gpu": gpu.name, "backend": backend.name, "precision": backend.precision,
-            "useful_flops": useful_flops(case), "executed_flops": executed, "hbm_bytes": moved,
+            "useful_flops": useful_flops(case), "executed_flops": executed,
+            "useful_share": useful_flops(case) / executed, "hbm_bytes": moved,
             "peak_flops_per_s": rate, "hbm_bytes_per_s": gpu.hbm,
             "compute_ms": 1e3 * compute_s, "memory_ms": 1e3 * memory_s, "predicted_ms": 1e3 * predicted,
             "bound": "compute" if compute_s >= memory_s else "memory",
@@ -258,14 +371,35 @@ def _si(value: float, unit: str) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| case | GPU | backend | useful FLOP | executed FLOP (precision) | HBM bytes | compute ms | "
-            "memory ms | predicted ms | bound | useful TFLOP/s |")
+    head = ("| case | GPU | backend | useful FLOP | executed FLOP (precision) | useful/executed | HBM bytes | "
+            "compute ms | memory ms | predicted ms | bound | useful TFLOP/s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(f"| {r['case']} | {r['gpu']} | {r['backend']} | {_si(r['useful_flops'], 'FLOP')} | "
-                     f"{_si(r['executed_flops'], 'FLOP')} ({r['precision']}) | {_si(r['hbm_bytes'], 'B')} | "
+                     f"{_si(r['executed_flops'], 'FLOP')} ({r['precision']}) | {100 * r['useful_share']:.0f}% | "
+                     f"{_si(r['hbm_bytes'], 'B')} | "
                      f"{r['compute_ms']:.4g} | {r['memory_ms']:.4g} | {r['predicted_ms']:.4g} | {r['bound']} | "
                      f"{r['useful_tflops_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def launch_table(cases, gpu: GPU) -> str:
+    """psd-triton per case and reduction: executed FLOPs in units of B^2 D, the share of them that is
+    useful, and every launch's programs, CTAs per SM, waves and grid efficiency on `gpu`."""
+    head = ("| case | reduction | executed (B^2 D) | useful/executed | launch | count | programs | CTAs/SM | "
+            "waves | grid efficiency |")
+    lines = [f"psd-triton launches on the {gpu.name} ({gpu.sms} SMs; CTAs per SM from the sm_90 compile check):",
+             "", head, "|" + "---|" * (head.count("|") - 1)]
+    for case in cases:
+        unit = float(case.batch) ** 2 * case.dim
+        for reduction in ("mean", "none"):
+            executed = triton_flops(case, reduction)
+            for i, x in enumerate(triton_launches(case, gpu, reduction)):
+                share = f"{100 * useful_flops(case) / executed:.0f}%"
+                first = (f"{executed / unit:.3g}", share) if i == 0 else ("", "")
+                lines.append(f"| {case.name if i == 0 else ''} | {reduction if i == 0 else ''} | {first[0]} | "
+                             f"{first[1]} | {x.kernel} | {x.count} | {x.programs} | {x.ctas} | "
+                             f"{x.programs / (gpu.sms * x.ctas):.2f} | {100 * x.efficiency:.1f}% |")
     return "\n".join(lines)
 
 
@@ -292,6 +426,9 @@ def main(argv=None) -> int:
     print()
     for note in NOTES:
         print(f"- {note}")
+    print()
+    print(launch_table(CASES, H100_SXM))
+    print()
     for case in CASES:
         reread = triton_tile_rereads(case)
         print(f"- psd-triton, {case.name}: the column tiles re-read per 128-row block of the forward sweeps "

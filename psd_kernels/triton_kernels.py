@@ -10,13 +10,17 @@ S = s * a b^T, teacher logits T as selected by TEACHER:
 _psd_fwd_kernel   sweeps column tiles per row block (online softmax) and writes per-row
                   partial statistics per column split; for the symmetric loss it also folds
                   every tile into per-(row group, column) partials, so one sweep serves both
-                  directions. Registers: the BLOCK_M x BLOCK_N score tile (and the teacher's).
+                  directions (with a teacher of statistics of its own: the student's, then the
+                  teacher's, without the cross terms E_R[S], so S and T are never live together).
+                  Registers: the BLOCK_M x BLOCK_N score tile (and the teacher's).
 _psd_grad_kernel  recomputes one BLOCK_M x BLOCK_N tile of S (and T) from the saved per-row
                   statistics and writes the gradient tile G = g (P - Q) (both directions'
                   terms for the symmetric loss) in the input dtype, plus the tile's share of
-                  ds_i = sum_j G_ij d_ij. Registers: the score tiles only.
+                  ds_i = sum_j G_ij d_ij and, on request (CROSS), of the cross terms E_R[S] of
+                  rows and columns. Registers: the score tiles only.
 _gemm_kernel      C (fp32) = [C +] alpha * A @ B with any strides: the gradient products
-                  dx = s G y and dy = s G^T x over the G tiles of a chunk of rows.
+                  dx = s G y and dy = s G^T x over the G tiles of a chunk of rows; a third
+                  grid axis splits K when the output tiles alone are too few for the SMs.
 
 No kernel keeps a D-wide accumulator across column tiles (the old backward held BLOCK_M x D
 fp32 gradient rows in registers and spilled); docs/fused_algorithm.md counts the FLOPs and
@@ -50,9 +54,11 @@ def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
 # (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
 # 64-row tiles run 4 warps and 128-row tiles 8. Every config kept by the prune functions below is
 # spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.compile_check;
-# registers do not depend on D, which only sets the trip count of the K loops).
-FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3)))
-GRAD_CONFIGS = _configs(((128, 64, 8, 3), (64, 64, 4, 3)))
+# registers do not depend on D, which only sets the trip count of the K loops). The 4-stage forward
+# config serves the one sweep with column partials only, the 32-wide gradient tile only where the
+# 64-wide ones spill (see the prune functions).
+FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (128, 32, 8, 4), (64, 32, 4, 3)))
+GRAD_CONFIGS = _configs(((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)))
 GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)),
                         keys=("BLOCK_M", "BLOCK_N", "BLOCK_K"))
 
@@ -64,7 +70,10 @@ _ARCH_CACHE: dict = {}
 _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=0, COL_STATS=False), (128, 32)),
     (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
-    (100, "fwd", dict(TEACHER=1), (64, 32)),
+    (100, "fwd", dict(TEACHER=1, COL_STATS=False), (64, 32)),
+    (100, "fwd", dict(TEACHER=2, COL_STATS=True), (64, 32)),
+    (100, "grad", dict(CROSS=True), (128, 64)),
+    (100, "grad", dict(CROSS=True), (64, 64)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
 )
 
@@ -102,7 +111,10 @@ def _prune_wide(configs, named_args, **kwargs):
 
 
 def _prune_grad(configs, named_args, **kwargs):
-    return _drop_arch_spills("grad", _prune_wide(configs, named_args, **kwargs), named_args, kwargs)
+    """The 64-wide tiles; the 32-wide one only where both spill (sm_100 with the cross terms, 56 to
+    88 bytes per thread once the launch's sizes are specialised)."""
+    kept = _drop_arch_spills("grad", _prune_wide(configs, named_args, **kwargs), named_args, kwargs)
+    return [c for c in kept if c.kwargs["BLOCK_N"] >= 64] or kept
 
 
 def _prune_gemm(configs, named_args, **kwargs):
@@ -117,10 +129,14 @@ def _prune_gemm(configs, named_args, **kwargs):
 def _prune_fwd(configs, named_args, **kwargs):
     """The one-sweep symmetric forward (COL_STATS) also folds every tile into column statistics,
     and a separate teacher (TEACHER 2) adds a second score tile: their 64-wide tiles spill (sm_80,
-    sm_90), so they keep the 32-wide ones."""
+    sm_90, sm_100; 8 to 336 bytes per thread), so they keep the 32-wide ones. The one sweep runs
+    its 128 x 32 tile with 4 stages: with 3 it spills on sm_100 (8 to 56 bytes per thread, for a
+    teacher with statistics of its own) and the other sweeps keep 3."""
     kept = _prune_wide(configs, named_args, **kwargs)
     if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == 2:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
+    stages = 3 if kwargs.get("COL_STATS") else 4   # the 128 x 32 config this launch does not run
+    kept = [c for c in kept if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) != (128, 32, stages)]
     return _drop_arch_spills("fwd", kept, named_args, kwargs)
 
 
@@ -155,43 +171,27 @@ def _dot_tile(a_ptr, b_ptr, row0, col0, n_a, n_b, K, stride_a, stride_b,
 
 
 @triton.jit
-def _col_update(ptr, stride_k, cols, col_mask, block_in_group, S, T, row_mask, TEACHER: tl.constexpr):
-    """Fold one tile into the column statistics of a row group (read-modify-write).
+def _col_fold(m_ptr, l_ptr, w_ptr, cols, col_mask, block_in_group, X, S, row_mask, WITH_W: tl.constexpr):
+    """Fold one tile of logits X into a row group's column statistics (read-modify-write).
 
-    Column j's running (m', l') of exp(S_ij - m') over the group's rows i, the
-    teacher's (mt', lt') and w' = sum_i exp(T_ij - mt') S_ij, as in the row sweep
-    with the roles of rows and columns swapped. The group's first row block
-    (block_in_group == 0) starts from the empty state instead of reading the
-    buffer, so a re-run (e.g. by the autotuner) never folds a tile in twice.
+    Column j's running max m' and sum l' = sum_i exp(X_ij - m') over the group's rows i, and with
+    WITH_W the cross term w' = sum_i exp(X_ij - m') S_ij, as in the row sweep with rows and
+    columns swapped. The group's first row block (block_in_group == 0) starts from the empty
+    state instead of reading the buffer, so a re-run (e.g. by the autotuner) never folds a tile
+    in twice.
     """
     load_mask = col_mask & (block_in_group != 0)
-    m = tl.load(ptr + cols, mask=load_mask, other=-1.0e30)
-    l = tl.load(ptr + stride_k + cols, mask=load_mask, other=0.0)
-    mt = tl.load(ptr + 2 * stride_k + cols, mask=load_mask, other=-1.0e30)
-    lt = tl.load(ptr + 3 * stride_k + cols, mask=load_mask, other=0.0)
-    w = tl.load(ptr + 4 * stride_k + cols, mask=load_mask, other=0.0)
-    S_max = tl.where(row_mask[:, None], S, float("-inf"))
-    m_new = tl.maximum(m, tl.max(S_max, axis=0))
-    p = tl.exp(S_max - m_new[None, :])
+    m = tl.load(m_ptr + cols, mask=load_mask, other=-1.0e30)
+    l = tl.load(l_ptr + cols, mask=load_mask, other=0.0)
+    X_max = tl.where(row_mask[:, None], X, float("-inf"))
+    m_new = tl.maximum(m, tl.max(X_max, axis=0))
+    p = tl.exp(X_max - m_new[None, :])
     corr = tl.exp(m - m_new)
-    l = l * corr + tl.sum(p, axis=0)
-    if TEACHER == 0:
-        w = w * corr + tl.sum(p * S, axis=0)
-        mt = m_new
-        lt = l
-    else:
-        T_max = tl.where(row_mask[:, None], T, float("-inf"))
-        mt_new = tl.maximum(mt, tl.max(T_max, axis=0))
-        pt = tl.exp(T_max - mt_new[None, :])
-        corr_t = tl.exp(mt - mt_new)
-        lt = lt * corr_t + tl.sum(pt, axis=0)
-        w = w * corr_t + tl.sum(pt * S, axis=0)
-        mt = mt_new
-    tl.store(ptr + cols, m_new, mask=col_mask)
-    tl.store(ptr + stride_k + cols, l, mask=col_mask)
-    tl.store(ptr + 2 * stride_k + cols, mt, mask=col_mask)
-    tl.store(ptr + 3 * stride_k + cols, lt, mask=col_mask)
-    tl.store(ptr + 4 * stride_k + cols, w, mask=col_mask)
+    tl.store(m_ptr + cols, m_new, mask=col_mask)
+    tl.store(l_ptr + cols, l * corr + tl.sum(p, axis=0), mask=col_mask)
+    if WITH_W:
+        w = tl.load(w_ptr + cols, mask=load_mask, other=0.0)
+        tl.store(w_ptr + cols, w * corr + tl.sum(p * S, axis=0), mask=col_mask)
 
 
 @triton.autotune(configs=FWD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "COL_STATS"],
@@ -211,8 +211,11 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
     exp(T - mt) * S, rescaled whenever mt moves; pos = S_{i,c_i} from the tile that holds
     c_i (the same S as in lse, so a one-column loss cancels exactly). Writes 6 floats per
     (row, split) to part (6, n_a, n_split).
-    COL_STATS (the symmetric loss, one sweep for both directions): each tile is
-    also folded into 5 floats per (group, column) in colpart (5, n_groups, n_b).
+    COL_STATS (the symmetric loss, one sweep for both directions): each tile is also folded
+    into per-(group, column) partials in colpart (5, n_groups, n_b): (m', l', -, -, w') for a
+    self teacher at the student's scale; (m', l', mt', lt', -) otherwise, the student's tile
+    folded before the teacher's is formed, and the rows keep no w either (the cross terms
+    E_R[S] come from the gradient tiles).
     Per tile: reads a BLOCK_M x D and a BLOCK_N x D slice (L2), 2 BLOCK_M BLOCK_N D
     FLOPs (twice with a separate teacher). The host merges the partials:
         lse = LSE_h(m_h + log l_h),  E_R[S] = sum_h w_h e^{mt_h} / sum_h lt_h e^{mt_h}.
@@ -260,9 +263,9 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
             l = l * corr + tl.sum(p, axis=1)
             if TEACHER == 0:
                 # T = S: the teacher weights are P's, w = sum exp(S - m) S.
-                T = S
                 w = w * corr + tl.sum(p * S, axis=1)
-            else:
+            elif not COL_STATS:
+                # the teacher's statistics and the cross term w = sum exp(T - mt) S in this tile
                 if TEACHER == 1:
                     T = st * d
                 else:
@@ -278,7 +281,24 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
             pos += tl.sum(tl.where(cols[None, :] == lab[:, None], S, 0.0), axis=1)
             m = m_new
             if COL_STATS:
-                _col_update(colpart, col_plane, cols, col_mask, rb - rb_start, S, T, row_mask, TEACHER)
+                # the student's column statistics (and w' for a self teacher at the same scale)
+                _col_fold(colpart, colpart + col_plane, colpart + 4 * col_plane, cols, col_mask,
+                          rb - rb_start, S, S, row_mask, TEACHER == 0)
+                if TEACHER != 0:
+                    # then the teacher's, rows and columns, once S is no longer needed: no cross
+                    # term here (the gradient-tile kernel forms it), so S and T are never live
+                    # together
+                    if TEACHER == 1:
+                        T = st * d
+                    else:
+                        T = st * _dot_tile(ta_ptr, tb_ptr, row0, c0, n_a, n_b, DT, stride_ta, stride_tb,
+                                           BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
+                    T_max = tl.where(col_mask[None, :], T, float("-inf"))
+                    mt_new = tl.maximum(mt, tl.max(T_max, axis=1))
+                    lt = lt * tl.exp(mt - mt_new) + tl.sum(tl.exp(T_max - mt_new[:, None]), axis=1)
+                    mt = mt_new
+                    _col_fold(colpart + 2 * col_plane, colpart + 3 * col_plane, colpart, cols, col_mask,
+                              rb - rb_start, T, T, row_mask, False)
         if TEACHER == 0:
             mt = m
             lt = l
@@ -293,30 +313,29 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
 
 
 @triton.jit
-def _direction_grad(S, T, lse, lset, g, alpha, onehot, TEACHER: tl.constexpr):
-    """g * (P - Q) for one direction, lse/lset/g/alpha broadcast to the tile.
+def _direction_grad(P, R, g, alpha, onehot, TEACHER: tl.constexpr):
+    """g * (P - Q) for one direction, g and alpha broadcast to the tile.
 
-    P = exp(S - lse), R = exp(T - lset), Q = (1 - alpha) onehot + alpha R;
+    P = exp(S - lse), R = exp(T - lse~), Q = (1 - alpha) onehot + alpha R;
     with a self teacher at the same scale R = P, so g (1 - alpha) (P - onehot).
     """
-    P = tl.exp(S - lse)
     hot = onehot.to(tl.float32)
     if TEACHER == 0:
         G = (1.0 - alpha) * (P - hot)
     else:
-        G = P - (1.0 - alpha) * hot - alpha * tl.exp(T - lset)
+        G = P - (1.0 - alpha) * hot - alpha * R
     return g * G
 
 
-@triton.autotune(configs=GRAD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "A_DIR", "B_DIR"],
+@triton.autotune(configs=GRAD_CONFIGS, key=["TUNE_N", "D", "DT", "TEACHER", "A_DIR", "B_DIR", "CROSS"],
                  prune_configs_by={"early_config_prune": _prune_grad})
 @triton.jit
 def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                      lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
                      lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
-                     grad_ptr, ds_ptr, row_start, n_rows, n_b, D, DT,
+                     grad_ptr, ds_ptr, wrow_ptr, wcol_ptr, row_start, n_rows, n_b, D, DT,
                      stride_a, stride_b, stride_ta, stride_tb, TUNE_N,
-                     A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr,
+                     A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr, CROSS: tl.constexpr,
                      LABELS_DIAG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr,
                      DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -330,6 +349,9 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     rows, positive row labels_b), i.e. P'_ji = exp(S_ij - lse_b[j]).
     Program (i, j) writes G[rows, cols] to grad (n_rows, n_b, input dtype) and its
     share sum_{j in tile} G_ij d_ij of the logit-scale gradient to ds (n_col_tiles, n_rows).
+    CROSS (a teacher with statistics of its own, whose forward sweep left the cross terms out):
+    also the tile's shares of E_R[S_i] = sum_j R_ij S_ij to wrow (n_col_tiles, n_rows) and of
+    E_R'[S_.j] = sum_i R'_ji S_ij to wcol (n_row_tiles, n_b), from the R the tile forms anyway.
     Per tile: 2 BLOCK_M BLOCK_N D FLOPs (+ D' with a separate teacher), reads the
     operand slices from L2, writes the tile once.
     """
@@ -354,27 +376,42 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                            stride_ta, stride_tb, BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
     else:
         T = S
+    # Masked rows and columns read zeros, so S = 0 there and every R * S below vanishes.
     G = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if A_DIR:
         lse_a = tl.load(lse_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
-        lset_a = tl.load(lset_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
         g_a = tl.load(g_a_ptr + rows, mask=row_mask, other=0.0)[:, None]
         alpha_a = tl.load(alpha_a_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
         if LABELS_DIAG:
             lab_a = rows
         else:
             lab_a = tl.load(labels_a_ptr + rows, mask=row_mask, other=-1)
-        G += _direction_grad(S, T, lse_a, lset_a, g_a, alpha_a, cols[None, :] == lab_a[:, None], TEACHER)
+        P_a = tl.exp(S - lse_a)
+        if TEACHER == 0:
+            R_a = P_a
+        else:
+            R_a = tl.exp(T - tl.load(lset_a_ptr + rows, mask=row_mask, other=0.0)[:, None])
+            if CROSS:
+                tl.store(wrow_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(R_a * S, axis=1),
+                         mask=row_mask)
+        G += _direction_grad(P_a, R_a, g_a, alpha_a, cols[None, :] == lab_a[:, None], TEACHER)
     if B_DIR:
         lse_b = tl.load(lse_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
-        lset_b = tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
         g_b = tl.load(g_b_ptr + cols, mask=col_mask, other=0.0)[None, :]
         alpha_b = tl.load(alpha_b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         if LABELS_DIAG:
             lab_b = cols
         else:
             lab_b = tl.load(labels_b_ptr + cols, mask=col_mask, other=-1)
-        G += _direction_grad(S, T, lse_b, lset_b, g_b, alpha_b, rows[:, None] == lab_b[None, :], TEACHER)
+        P_b = tl.exp(S - lse_b)
+        if TEACHER == 0:
+            R_b = P_b
+        else:
+            R_b = tl.exp(T - tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :])
+            if CROSS:
+                tl.store(wcol_ptr + tl.cast(pid_m, tl.int64) * n_b + cols, tl.sum(R_b * S, axis=0),
+                         mask=col_mask)
+        G += _direction_grad(P_b, R_b, g_b, alpha_b, rows[:, None] == lab_b[None, :], TEACHER)
     tile_mask = row_mask[:, None] & col_mask[None, :]
     G = tl.where(tile_mask, G, 0.0)
     tl.store(ds_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(G * d, axis=1), mask=row_mask)
@@ -386,28 +423,36 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
 @triton.autotune(configs=GEMM_CONFIGS, key=["M", "N", "K", "ACCUMULATE"],
                  prune_configs_by={"early_config_prune": _prune_gemm}, restore_value=["c_ptr"])
 @triton.jit
-def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
-                 ACCUMULATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, k_split, stride_am, stride_ak, stride_bk, stride_bn,
+                 stride_cm, stride_cs, ACCUMULATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """C = [C +] alpha * A @ B, A (M x K) and B (K x N) of one dtype with any strides, C fp32 (M x N,
     row stride stride_cm), fp32 accumulation. Each program owns one BLOCK_M x BLOCK_N tile of C,
     so accumulation needs no atomics. Per K step: BLOCK_M x BLOCK_K and BLOCK_K x BLOCK_N operand
     slices, 2 BLOCK_M BLOCK_N BLOCK_K FLOPs.
+    Program (i, j, h) sums k in [h k_split, (h + 1) k_split) only and writes its tile to
+    C + h stride_cs: with one split (k_split >= K) that is C itself, with several the host adds
+    the partial products (deterministic, no atomics).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     row0 = pid_m * BLOCK_M
     col0 = pid_n * BLOCK_N
-    a_ptrs = a_ptr + tl.cast(row0, tl.int64) * stride_am + (rm[:, None] * stride_am + rk[None, :] * stride_ak)
-    b_ptrs = b_ptr + tl.cast(col0, tl.int64) * stride_bn + (rk[:, None] * stride_bk + rn[None, :] * stride_bn)
+    k_start = pid_k * k_split
+    k_end = tl.minimum(K, k_start + k_split)
+    a_ptrs = a_ptr + (tl.cast(row0, tl.int64) * stride_am + tl.cast(k_start, tl.int64) * stride_ak) \
+        + (rm[:, None] * stride_am + rk[None, :] * stride_ak)
+    b_ptrs = b_ptr + (tl.cast(col0, tl.int64) * stride_bn + tl.cast(k_start, tl.int64) * stride_bk) \
+        + (rk[:, None] * stride_bk + rn[None, :] * stride_bn)
     a_rows = (row0 + rm) < M
     b_cols = (col0 + rn) < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_mask = (k0 + rk) < K
+    for k0 in range(k_start, k_end, BLOCK_K):
+        k_mask = (k0 + rk) < k_end
         a = tl.load(a_ptrs, mask=a_rows[:, None] & k_mask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_mask[:, None] & b_cols[None, :], other=0.0)
         if DOT_FP32:
@@ -417,7 +462,8 @@ def _gemm_kernel(a_ptr, b_ptr, c_ptr, alpha_ptr, M, N, K, stride_am, stride_ak, 
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     acc = acc * tl.load(alpha_ptr).to(tl.float32)
-    c_ptrs = c_ptr + tl.cast(row0, tl.int64) * stride_cm + col0 + (rm[:, None] * stride_cm + rn[None, :])
+    c_ptrs = c_ptr + (tl.cast(pid_k, tl.int64) * stride_cs + tl.cast(row0, tl.int64) * stride_cm + col0) \
+        + (rm[:, None] * stride_cm + rn[None, :])
     c_mask = a_rows[:, None] & b_cols[None, :]
     if ACCUMULATE:
         acc += tl.load(c_ptrs, mask=c_mask, other=0.0)

@@ -8,10 +8,16 @@ there are few row blocks), writing per-row partial statistics that are merged
 here. The symmetric loss with a self teacher at the student's scale uses the same
 sweep for both directions: each program owns a row group and a column split and also
 folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=sweep instead
-runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py).
-A teacher with statistics of its own (another scale, separate embeddings) always takes the
-second sweep: with column partials its tiles spill registers (python -m
-psd_kernels.compile_check showed 8 to 64 bytes per thread at every tile shape).
+runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py);
+the grid (row groups x column splits) comes from psd_kernels.grid.balanced_grid.
+A teacher with statistics of its own (another scale, separate embeddings):
+  mean / sum with gradients (clip_weighted_loss): one sweep that folds the student's tile and
+      then the teacher's into row and column statistics, without the cross terms E_R[S]
+      (holding S and T together with column partials spilled registers); the gradient tiles,
+      formed in the forward since every row's weight is known, also sum R * S into E_R[S];
+      then the products. dx, dy, ds are kept and scaled by the upstream gradient in the backward.
+  "none": the per-row weights come only with the backward, so the forward takes a second
+      sweep with the roles swapped and the backward recomputes as below.
 
 Backward, per chunk of rows (as many as keep the chunk's gradient tile matrix within
 _GRAD_CHUNK_BYTES): _psd_grad_kernel recomputes every tile of S (and T) from the saved
@@ -36,13 +42,13 @@ Tested by: .venv/bin/python -m pytest tests/test_triton.py
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import triton
 
 from psd_kernels import triton_kernels as K
+from psd_kernels.grid import balanced_grid
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Largest G chunk of the backward (rows x columns x element size); interpreted tests use
@@ -50,6 +56,9 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _GRAD_CHUNK_BYTES = 2048 if K.INTERPRET else 1 << 30
 _SM_CACHE: dict = {}
 _MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in K.GRAD_CONFIGS)
+_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in K.GRAD_CONFIGS)
+# Shortest K range of a split product (_k_splits); interpreted tests split K at tiny sizes.
+_MIN_K_SPLIT = 32 if K.INTERPRET else 2048
 
 
 def supports(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -132,12 +141,12 @@ def _merge(m, l, mt, lt, w, dim):
 
 
 def _groups(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
-    """(row groups, column splits) of the one-sweep symmetric forward: about 2 x SMs programs."""
+    """(row groups, column splits) of the one-sweep symmetric forward: the grid of
+    psd_kernels.grid.balanced_grid over 128-row blocks and 32-column tiles (the kept tiles), which
+    fills the SMs in whole waves at one and at two CTAs per SM."""
     if K.INTERPRET:  # tiny tests: several groups, some of them empty
         return min(4, triton.cdiv(n_rows, 16)), min(4, triton.cdiv(n_cols, 16))
-    target = 2 * _num_sms(device)
-    groups = max(1, min(triton.cdiv(n_rows, 128), math.isqrt(target)))
-    return groups, max(1, min(triton.cdiv(n_cols, 128), triton.cdiv(target, groups)))
+    return balanced_grid(triton.cdiv(n_rows, 128), triton.cdiv(n_cols, 32), _num_sms(device))
 
 
 def _column_stats_mode() -> str:
@@ -153,7 +162,9 @@ def _forward_stats(a, b, ta, tb, scale, tscale, labels, teacher, col_stats):
     """One sweep of rows `a` against columns `b`.
 
     Returns (lse, lse~, E_R[S], S_{i,c_i}) of a's rows, and with `col_stats` also
-    (lse', lse~', E_R'[S]) of b's rows seen as queries against a's rows (fp32).
+    (lse', lse~', E_R'[S]) of b's rows seen as queries against a's rows (fp32). With
+    `col_stats` and a teacher of statistics of its own the sweep leaves the cross terms
+    out (the gradient-tile kernel forms them, _gradients(cross=True)): both E's are None.
     """
     n_a, n_b = a.shape[0], b.shape[0]
     if col_stats:
@@ -174,10 +185,16 @@ def _forward_stats(a, b, ta, tb, scale, tscale, labels, teacher, col_stats):
              n_split, n_groups, _tune_n(n_b)),
             TEACHER=teacher, LABELS_DIAG=diag, COL_STATS=col_stats, **_common(a, ta if teacher == 2 else None))
     m, l, mt, lt, w, pos = part.unbind(0)
-    rows = _merge(m, l, mt, lt, w, dim=1) + (pos.sum(dim=1),)
+    lse, lset, expected = _merge(m, l, mt, lt, w, dim=1)
     if not col_stats:
-        return rows, None
-    return rows, _merge(*colpart.unbind(0), dim=0)
+        return (lse, lset, expected, pos.sum(dim=1)), None
+    m, l, mt, lt, w = colpart.unbind(0)
+    if teacher == 0:  # the kernel keeps m', l', w' only: the teacher's statistics are the student's
+        mt, lt = m, l
+    cols = _merge(m, l, mt, lt, w, dim=0)
+    if teacher != 0:
+        return (lse, lset, None, pos.sum(dim=1)), cols[:2] + (None,)
+    return (lse, lset, expected, pos.sum(dim=1)), cols
 
 
 def _row_losses(lse, expected_s, pos, alpha):
@@ -193,52 +210,86 @@ def _chunk_rows(n_a: int, n_b: int, element_size: int) -> int:
     return min(rows, triton.cdiv(n_a, unit) * unit)
 
 
+def _k_splits(m: int, n: int, k: int, device: torch.device) -> tuple[int, int]:
+    """(splits, columns of K per split) for C = A @ B: one split when its 128 x 128 output tiles
+    fill two CTA slots per SM; otherwise (a chunk of few rows against a long batch) as many splits
+    as keep tiles x splits within those slots (whole waves at one or two CTAs per SM), each at
+    least _MIN_K_SPLIT and a multiple of 64 long."""
+    unit = 16 if K.INTERPRET else 128
+    tiles, slots = triton.cdiv(m, unit) * triton.cdiv(n, unit), 2 * _num_sms(device)
+    splits = max(1, min(slots // tiles, k // _MIN_K_SPLIT))
+    if splits == 1:
+        return 1, k
+    k_split = triton.cdiv(triton.cdiv(k, splits), 64) * 64
+    return triton.cdiv(k, k_split), k_split
+
+
 def _gemm(a, b, c, alpha, accumulate):
-    """c (fp32) = [c +] alpha * a @ b on the tensor cores (a, b: one dtype, any strides)."""
+    """c (fp32) = [c +] alpha * a @ b on the tensor cores (a, b: one dtype, any strides). A product
+    whose output tiles are too few for the SMs splits K over a third grid axis into fp32 partial
+    products, summed here."""
     m, k = a.shape
     n = b.shape[1]
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    splits, k_split = (1, k) if accumulate else _k_splits(m, n, k, a.device)
+    out = c if splits == 1 else torch.empty((splits, m, n), device=c.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     fp32 = a.dtype == torch.float32
-    _launch(K._gemm_kernel, grid, (a, b, c, alpha, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                                   c.stride(0)),
+    _launch(K._gemm_kernel, grid, (a, b, out, alpha, m, n, k, k_split, a.stride(0), a.stride(1), b.stride(0),
+                                   b.stride(1), out.stride(-2), out.stride(0) if splits > 1 else 0),
             ACCUMULATE=accumulate, DOT_FP32=K.INTERPRET, PRECISION="ieee" if (fp32 or K.INTERPRET) else None)
+    if splits > 1:
+        c.copy_(out.sum(dim=0))
 
 
-def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da, need_db, need_ds):
-    """(da, db, ds): gradients of rows a and columns b (input dtype) and of the scale (fp32 0-dim).
+def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da, need_db, need_ds,
+               cross=False, weight=1.0):
+    """(da, db, ds): gradients of weight * (the loss) for rows a and columns b (input dtype) and the
+    scale (fp32 0-dim); with `cross` also (E_R[S] of a's rows, E_R'[S] of b's rows) (fp32).
 
     a_dir / b_dir: None or (lse, lset, g, alpha, labels) of the direction whose queries are
     a's rows / b's rows (labels None on the diagonal). Per chunk of a's rows: the G tiles
-    (_psd_grad_kernel), then da_chunk = s G b and db += s G^T a_chunk (_gemm_kernel).
+    (_psd_grad_kernel), then da_chunk = s G b and db += s G^T a_chunk (_gemm_kernel). `weight`
+    multiplies the products' alpha and ds, so G itself stays at the scale of g (P - Q).
+    `cross` (a teacher with statistics of its own): the tiles also sum R * S along their rows
+    and columns, the cross terms E_R[S] that the one-sweep forward left out.
     """
     n_a, n_b = a.shape[0], b.shape[0]
     da = torch.empty(a.shape, device=a.device, dtype=torch.float32) if need_da else None
     db = torch.empty(b.shape, device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
     ds = torch.zeros((), device=a.device, dtype=torch.float32)
+    w_rows = torch.empty(n_a, device=a.device, dtype=torch.float32) if cross else None
+    w_cols = torch.zeros(n_b, device=a.device, dtype=torch.float32) if cross else None
     dummy = (scale,) * 5
     sa = tuple(scale if t is None else t for t in (a_dir or dummy))
     sb = tuple(scale if t is None else t for t in (b_dir or dummy))
     ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
     chunk = _chunk_rows(n_a, n_b, a.element_size())
-    scale32 = scale.float().reshape(1)
+    alpha32 = (scale.float() * weight).reshape(1)
     for r0 in range(0, n_a, chunk):
         rows = min(chunk, n_a - r0)
         grad = torch.empty((rows, n_b), device=a.device, dtype=a.dtype)
         ds_tiles = torch.empty((triton.cdiv(n_b, _MIN_BLOCK_N), rows), device=a.device, dtype=torch.float32)
+        wrow = torch.empty_like(ds_tiles) if cross else ds_tiles
+        wcol = torch.empty((triton.cdiv(rows, _MIN_BLOCK_M), n_b), device=a.device, dtype=torch.float32) \
+            if cross else ds_tiles
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_b, meta["BLOCK_N"]))  # noqa: E731,B023
         meta = {}
         _launch(K._psd_grad_kernel, grid,
-                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, r0, rows, n_b, a.shape[1],
+                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, wrow, wcol, r0, rows, n_b, a.shape[1],
                  ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
-                A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, LABELS_DIAG=diag,
+                A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, CROSS=cross, LABELS_DIAG=diag,
                 record=meta, **_common(a, ta if teacher == 2 else None))
         if need_ds:  # only the first n_b / BLOCK_N rows of ds_tiles were written
             ds += ds_tiles[:triton.cdiv(n_b, meta["BLOCK_N"])].sum()
+        if cross:  # likewise the first tiles of the cross-term partials
+            w_rows[r0:r0 + rows] = wrow[:triton.cdiv(n_b, meta["BLOCK_N"])].sum(dim=0)
+            w_cols += wcol[:triton.cdiv(rows, meta["BLOCK_M"])].sum(dim=0)
         if need_da:
-            _gemm(grad, b, da[r0:r0 + rows], scale32, accumulate=False)
+            _gemm(grad, b, da[r0:r0 + rows], alpha32, accumulate=False)
         if need_db:
-            _gemm(grad.T, a[r0:r0 + rows], db, scale32, accumulate=r0 > 0)
-    return (None if da is None else da.to(a.dtype), None if db is None else db.to(b.dtype), ds)
+            _gemm(grad.T, a[r0:r0 + rows], db, alpha32, accumulate=r0 > 0)
+    grads = (None if da is None else da.to(a.dtype), None if db is None else db.to(b.dtype), ds * weight)
+    return grads + ((w_rows, w_cols),) if cross else grads
 
 
 class _PSDFunction(torch.autograd.Function):
@@ -252,8 +303,9 @@ class _PSDFunction(torch.autograd.Function):
         s = scale.detach()
         ts = s if tscale is None else tscale.detach()
         # Column partials in the same sweep for a self teacher at the student's scale; with
-        # teacher statistics of their own (TEACHER 1, 2) the tile holds too many live values
-        # for the registers (compile_check), so the columns get a second sweep.
+        # teacher statistics of their own (TEACHER 1, 2) the loss needs the cross terms E_R[S],
+        # which a sweep with column partials leaves to the gradient tiles, unknown here without
+        # the per-row weights: the columns get a second sweep (mean/sum: _ClipWeightedFunction).
         one_sweep = symmetric and teacher == 0 and _column_stats_mode() == "partials"
         (lse_x, lset_x, e_x, pos), cols = _forward_stats(x, y, tx, ty, s, ts, labels, teacher, one_sweep)
         loss_x = _row_losses(lse_x, e_x, pos, alpha_x)
@@ -289,6 +341,45 @@ class _PSDFunction(torch.autograd.Function):
         return (dx, dy, ds.to(s.dtype) if need_ds else None) + (None,) * 8
 
 
+class _ClipWeightedFunction(torch.autograd.Function):
+    """weight * (sum of both directions' row losses) on one B x B matrix, its gradients formed in
+    the forward (a teacher with statistics of its own; the mean and sum reductions).
+
+    One sweep gives both directions' lse and lse~ (the student's and the teacher's column
+    statistics in turn, never both score tiles at once); the gradient tiles, formed at once since
+    every row's weight is known, also sum R * S into the cross terms E_R[S] of both directions;
+    then the two products. Executed: 2 B^2 (D + D') + 2 B^2 (D + D') + 4 B^2 D, against
+    3 x 2 B^2 (D + D') + 4 B^2 D for two forward sweeps and a recomputing backward. dx, dy, ds
+    are kept until the backward, which scales them by the upstream gradient in place (a second
+    backward through the same graph is refused: use reduction="none").
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, scale, alpha_x, alpha_y, tx, ty, tscale, teacher, weight, needs):
+        s = scale.detach()
+        ts = s if tscale is None else tscale.detach()
+        (lse_x, lset_x, _, pos), (lse_y, lset_y, _) = _forward_stats(x, y, tx, ty, s, ts, None, teacher, True)
+        ones = torch.ones_like(lse_x)
+        dx, dy, ds, (e_x, e_y) = _gradients(x, y, tx, ty, s, ts, (lse_x, lset_x, ones, alpha_x, None),
+                                            (lse_y, lset_y, ones, alpha_y, None), teacher, True, *needs,
+                                            cross=True, weight=weight)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(dx, dy, ds)
+        ctx.scale_dtype = scale.dtype
+        total = _row_losses(lse_x, e_x, pos, alpha_x).sum() + _row_losses(lse_y, e_y, pos, alpha_y).sum()
+        return weight * total
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dx, dy, ds = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 11
+        g = grad_loss.float()
+        dx = None if dx is None else dx.mul_(g.to(dx.dtype))
+        dy = None if dy is None else dy.mul_(g.to(dy.dtype))
+        return (dx, dy, (g * ds).to(ctx.scale_dtype)) + (None,) * 8
+
+
 def _teacher_args(teacher_x, teacher_y, teacher_scale):
     """(TEACHER case, x~, y~, s~) for the kernels: 0 self at the same scale, 1 self at s~, 2 separate."""
     if teacher_x is not None:
@@ -313,6 +404,20 @@ def clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teache
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
     return _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
                               alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
+
+
+def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale,
+                       weight):
+    """weight * (sum of both directions' row losses) on one B x B matrix (backend contract). A teacher
+    with statistics of its own, with gradients wanted: one sweep and the gradients in the forward
+    (_ClipWeightedFunction); otherwise the sum of clip_rows."""
+    teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
+    needs = tuple(torch.is_grad_enabled() and t.requires_grad for t in (image, text, scale))
+    if teacher == 0 or not any(needs) or _column_stats_mode() != "partials":
+        return weight * clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
+                                  teacher_scale).sum()
+    return _ClipWeightedFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
+                                       alpha_text.contiguous(), ti, tt, ts, teacher, float(weight), needs)
 
 
 # ---- every launch the host can make, for psd_kernels.compile_check ---------------------------
@@ -362,24 +467,27 @@ def compile_variants(dtype: str, d: int, teacher: str, arch: int) -> list:
     common = dict(TEACHER=case, BLOCK_K=block_k, BLOCK_KT=block_kt, DOT_FP32=False, PRECISION=precision)
     operands = {n: ptr for n in ("a_ptr", "b_ptr", "ta_ptr", "tb_ptr")}
     floats = dict(scale_ptr="*fp32", tscale_ptr="*fp32")
-    # forward: one direction (labels), the symmetric loss's second sweep, and for a self teacher
-    # at the student's scale its one sweep with column partials
+    # forward: one direction (labels), the symmetric loss's second sweep ("none" with a teacher of
+    # statistics of its own), and its one sweep with column partials
     fwd_types = dict(operands, labels_ptr="*i64", part_ptr="*fp32", colpart_ptr="*fp32", **floats)
-    forwards = ((False, False, "fwd"), (True, False, "fwd_sym2")) + (((True, True, "fwd_sym"),) if case == 0 else ())
+    forwards = ((False, False, "fwd"), (True, False, "fwd_sym2"), (True, True, "fwd_sym"))
     for diag, col_stats, label in forwards:
         add(label, K._psd_fwd_kernel, dict(common, LABELS_DIAG=diag, COL_STATS=col_stats), fwd_types, dims)
-    # gradient tiles: one direction, and both directions of the symmetric loss
+    # gradient tiles: one direction, both directions of the symmetric loss, and with a teacher of
+    # statistics of its own also the symmetric loss's cross terms (the mean/sum one pass)
     stats = {f"{k}_{side}_ptr": "*fp32" for k in ("lse", "lset", "g", "alpha") for side in "ab"}
     grad_types = dict(operands, labels_a_ptr="*i64", labels_b_ptr="*i64", grad_ptr=ptr, ds_ptr="*fp32",
-                      **stats, **floats)
-    for a_dir, b_dir, diag, label in ((True, False, False, "grad"), (True, True, True, "grad_sym")):
-        add(label, K._psd_grad_kernel, dict(common, A_DIR=a_dir, B_DIR=b_dir, LABELS_DIAG=diag), grad_types,
-            dims)
+                      wrow_ptr="*fp32", wcol_ptr="*fp32", **stats, **floats)
+    grads = ((True, False, False, False, "grad"), (True, True, True, False, "grad_sym"))
+    grads += ((True, True, True, True, "grad_cross"),) if case != 0 else ()
+    for a_dir, b_dir, diag, cross, label in grads:
+        add(label, K._psd_grad_kernel, dict(common, A_DIR=a_dir, B_DIR=b_dir, LABELS_DIAG=diag, CROSS=cross),
+            grad_types, dims)
     # products: da = s G b (G row-major) and db += s G^T a (G read transposed)
     gemm_types = dict(a_ptr=ptr, b_ptr=ptr, c_ptr="*fp32", alpha_ptr="*fp32")
     gemm = dict(DOT_FP32=False, PRECISION=precision)
     add("gemm_da", K._gemm_kernel, dict(gemm, ACCUMULATE=False), gemm_types,
-        ("K", "stride_am", "stride_bk", "stride_cm"), unit=("stride_ak", "stride_bn"))
+        ("K", "k_split", "stride_am", "stride_bk", "stride_cm", "stride_cs"), unit=("stride_ak", "stride_bn"))
     add("gemm_db", K._gemm_kernel, dict(gemm, ACCUMULATE=True), gemm_types,
-        ("stride_ak", "stride_bk", "stride_cm"), unit=("stride_am", "stride_bn"))
+        ("stride_ak", "stride_bk", "stride_cm", "stride_cs"), unit=("stride_am", "stride_bn"))
     return variants

@@ -51,8 +51,9 @@ def test_failures_name_each_problem():
 def test_every_launchable_variant_is_listed():
     from psd_kernels.triton_psd import compile_variants
     kernels = {v.kernel for v in compile_variants("bf16", 768, "separate", 90)}
-    assert kernels == {"fwd", "fwd_sym2", "grad", "grad_sym", "gemm_da", "gemm_db"}
-    assert "fwd_sym" in {v.kernel for v in compile_variants("bf16", 768, "self", 90)}
+    assert kernels == {"fwd", "fwd_sym2", "fwd_sym", "grad", "grad_sym", "grad_cross", "gemm_da", "gemm_db"}
+    # a self teacher at the student's scale: no teacher statistics, so no cross terms to form
+    assert {v.kernel for v in compile_variants("bf16", 768, "self", 90)} == kernels - {"grad_cross"}
     fp32 = compile_variants("fp32", 768, "separate", 90)
     assert all(v.constexprs["BLOCK_M"] * v.constexprs["BLOCK_N"] <= 64 * 64 for v in fp32 if v.kernel != "gemm_db")
 

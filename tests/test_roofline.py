@@ -19,9 +19,45 @@ def test_useful_flops_are_6_b2_d_plus_2_b2_dprime():
     assert R.useful_flops(R.Case("self", 16384, 64)) == 103_079_215_104
 
 
-def test_triton_executes_two_sweeps_one_recomputation_and_two_products():
-    # forward: two sweeps of 2 B^2 96 = 384 B^2; G tiles: 192 B^2; products 4 B^2 64 = 256 B^2
-    assert R.triton_flops(SMALL) == 832 * 16384 ** 2 == 223_338_299_392
+def test_triton_executes_one_sweep_for_mean_and_two_for_none():
+    # mean/sum: one sweep 2 B^2 96 = 192 B^2; G tiles (in the forward): 192 B^2; products 4 B^2 64 = 256 B^2
+    assert R.triton_flops(SMALL) == R.triton_flops(SMALL, "sum") == 640 * 16384 ** 2
+    # none: two sweeps 384 B^2, G tiles 192 B^2, products 256 B^2
+    assert R.triton_flops(SMALL, "none") == 832 * 16384 ** 2 == 223_338_299_392
+    # at D' = D: 12 B^2 D executed for 8 B^2 D useful (67%); a self teacher 8 for 6 (75%)
+    wide = R.Case("wide", 32768, 512, "separate", 512)
+    unit = 32768 ** 2 * 512
+    assert R.triton_flops(wide) == 12 * unit and R.useful_flops(wide) == 8 * unit
+    assert R.triton_flops(R.CASES[0]) == 8 * unit and R.triton_flops(R.CASES[0], "none") == 10 * unit
+
+
+def test_ctas_per_sm_from_registers_and_shared_memory():
+    # 255 registers: 8192 per warp (32 x 256), 8 warps take all 65,536 of an SM; 4 warps fit twice
+    assert R.ctas_per_sm(8, 255, 62464) == 1 and R.ctas_per_sm(4, 255, 33792) == 2
+    assert R.ctas_per_sm(4, 128, 100 * 1024) == 2           # 233,472 // (102,400 + 1024) = 2
+    assert R.ctas_per_sm(4, 64, 1024) == 8                   # 2048 registers per warp: 8 x 4 warps
+    assert R.ctas_per_sm(4, 32, 1024) == 16                  # 64 warps per SM at most
+
+
+def test_triton_launches_at_b_32768():
+    launches = R.triton_launches(R.CASES[1], R.H100_SXM)
+    fwd = launches[0]
+    # one sweep: 16 row groups x 16 column splits, 16 blocks of 128 rows by 64 tiles of 32 columns
+    # each, one CTA per SM: two waves on 132 SMs, 256 / 264 of the slots' time used
+    assert (fwd.kernel, fwd.programs, fwd.ctas) == ("fwd_sym", 256, 1)
+    assert fwd.efficiency == pytest.approx(256 / 264)
+    # two chunks of 16384 rows: G tiles 128 x 256 tiles each, dx 128 x 4, dy 256 x 4 then 512 x 4
+    kinds = [(x.kernel, x.count, x.programs) for x in launches[1:]]
+    assert kinds == [("grad", 2, 128 * 512), ("gemm", 2, 128 * 4), ("gemm", 1, 256 * 4), ("gemm_acc", 1, 512 * 4)]
+    assert sum(x.count * x.flops for x in launches) == R.triton_flops(R.CASES[1])
+    # B = 1,048,576: 512-row chunks, whose dx product (4 x 4 output tiles) splits K = B in 16
+    big = R.triton_launches(R.CASES[2], R.H100_SXM)
+    assert R.triton_k_splits(512, 512, 1 << 20, 132) == (16, 65536)
+    assert (big[2].kernel, big[2].count, big[2].programs) == ("gemm", 2048, 4 * 4 * 16)
+    assert big[2].efficiency == pytest.approx(256 / 264)
+    # the compute time divides each launch's FLOPs by its grid's efficiency
+    ideal = R.triton_flops(R.CASES[1]) / R.H100_SXM.bf16_tensor
+    assert ideal < R.triton_compute_seconds(R.CASES[1], R.H100_SXM) < ideal / 0.96
 
 
 def test_cpp_recomputes_all_blocks_but_the_last():
@@ -49,20 +85,31 @@ def test_cpp_bytes_pass_by_pass():
 
 
 def test_triton_bytes_pass_by_pass():
-    # B = 128, D = 64, self teacher, 132 SMs: 2 column splits per sweep, one G chunk of 128 rows.
-    assert R._triton_splits(128, 132) == 2 and R.triton_chunk_rows(128) == 128
+    # B = 128, D = 64, self teacher, 132 SMs: one G chunk of 128 rows.
+    tiny = R.Case("tiny", 128, 64)
+    assert R.triton_chunk_rows(128) == 128
     inputs = 2 * 128 * 64 * 2                                # x, y in bf16: 32768
-    forward = 2 * (inputs + 2 * 6 * 128 * 2 * 4)             # two sweeps: inputs, partials written + merged
     grad_tiles = 128 * 64 * 2 + 128 * 64 * 2 + 128 * 128 * 2  # columns, rows, G written
+    ds_sums = 2 * 128 * 2 * 4                                # ds per (64-column tile, row), written and read
     products = 2 * 128 * 128 * 2 + 128 * 64 * 2 + 128 * 64 * 4 + 128 * 64 * 2 + 128 * 64 * 4
     cast = 2 * (128 * 64 * 4 + 128 * 64 * 2)
-    assert R.triton_bytes(R.Case("tiny", 128, 64), R.H100_SXM) == forward + grad_tiles + products + cast
+    # none: two sweeps with 2 column splits each, partials written + merged
+    assert R._triton_splits(128, 132) == 2
+    forward = 2 * (inputs + 2 * 6 * 128 * 2 * 4)
+    assert R.triton_bytes(tiny, R.H100_SXM, "none") == forward + grad_tiles + ds_sums + products + cast
+    # mean: one sweep, 1 row group x 4 splits (one 32-column tile each); row and column partials;
+    # the cross terms per (64-column tile, row) and per (128-row tile, column)
+    assert R.balanced_grid(1, 4, 132) == (1, 4)
+    forward = inputs + 2 * (6 * 128 * 4 + 4 * 1 * 128) * 4
+    cross = 2 * (128 * 2 + 1 * 128) * 4
+    assert R.triton_bytes(tiny, R.H100_SXM) == forward + grad_tiles + ds_sums + cross + products + cast
     assert R.triton_chunk_rows(1 << 20) == 512                # 1 GiB of bf16 G rows at B = 1M
 
 
 def test_prediction_is_the_larger_time_and_names_its_bound():
     tri = R.predict(SMALL, R.BACKENDS[0], R.H100_SXM)
-    assert tri["compute_ms"] == pytest.approx(1e3 * 223_338_299_392 / 989.4e12)
+    assert tri["compute_ms"] == pytest.approx(1e3 * R.triton_compute_seconds(SMALL, R.H100_SXM))
+    assert tri["compute_ms"] >= 1e3 * R.triton_flops(SMALL) / 989.4e12
     # D = 64: the G tiles (2 bytes written, 4 read per element against 2 (D + D') + 4 D FLOPs) set the time
     assert tri["predicted_ms"] == max(tri["compute_ms"], tri["memory_ms"]) and tri["bound"] == "memory"
     wide = R.predict(R.CASES[1], R.BACKENDS[0], R.H200)               # D = D' = 512: compute-bound
@@ -85,6 +132,7 @@ def test_printout_runs(capsys):
     assert R.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("| psd-triton |") == 6 and "| memory |" in out and "| compute |" in out
+    assert "| fwd_sym | 1 | 256 | 1 | 1.94 | 97.0% |" in out   # B = 32768: the one sweep's grid
     assert R.main(["--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == len(R.CASES) * len(R.GPUS) * len(R.BACKENDS) == 18

@@ -159,10 +159,53 @@ def test_backward_over_several_gradient_chunks(teacher):
 
 
 @interpreted
+def test_products_split_k_when_their_tiles_are_few():
+    """dx of a 16-row chunk against 97 columns has two output tiles, too few for the (interpreted)
+    SMs: K splits over the grid into two partial products, summed on the host."""
+    from psd_kernels import triton_psd
+    assert triton_psd._k_splits(16, 20, 97, torch.device("cpu")) == (2, 64)
+    assert triton_psd._k_splits(16, 20, 31, torch.device("cpu")) == (1, 31)   # too short to split
+    check_one_direction(50, 97, 20, torch.float32, "cpu", "separate")
+
+
+@interpreted
 @pytest.mark.parametrize("reduction", ("mean", "sum"))
 def test_reductions(reduction):
     check_one_direction(9, 21, 17, torch.float32, "cpu", "separate", reduction=reduction)
     check_symmetric(11, 20, torch.float32, "cpu", "self_scaled", reduction=reduction)
+
+
+@interpreted
+@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("reduction", ("mean", "sum"))
+def test_symmetric_mean_sum_gradients_in_the_forward(teacher, reduction):
+    """mean/sum of the symmetric loss: a teacher with statistics of its own takes one sweep (student
+    and teacher column statistics in turn), then the gradient tiles, formed in the forward, also give
+    the cross terms E_R[S]. B = 70: four row groups, several G chunks (dy and the column cross terms
+    summed over them); B = 7, D = 100: tiles cut at every edge."""
+    check_symmetric(70, 20, torch.float32, "cpu", teacher, reduction=reduction)
+    check_symmetric(7, 100, torch.float32, "cpu", teacher, reduction=reduction)
+    check_symmetric(19, 100, torch.bfloat16, "cpu", teacher, reduction=reduction)
+
+
+@interpreted
+def test_symmetric_one_pass_path_and_partial_gradients():
+    """The one pass is the autograd node of a scaled or separate teacher's mean; with the text tower
+    and the scale frozen only dx is formed, and it matches the reference."""
+    b, d = 21, 24
+    x, y = _embed(b, d, torch.float32, "cpu"), _embed(b, d, torch.float32, "cpu")
+    tx, ty = _embed(b, 8, torch.float32, "cpu"), _embed(b, 8, torch.float32, "cpu")
+    grads = []
+    for backend in ("triton", "reference"):
+        xg = x.detach().clone().requires_grad_()
+        loss = psd_kernels.psd_clip_loss(xg, y, 10.0, teacher_image=tx, teacher_text=ty, teacher_scale=12.0,
+                                         alpha_image=0.5, alpha_text=0.25, backend=backend)
+        if backend == "triton":
+            assert type(loss.grad_fn).__name__ == "_ClipWeightedFunctionBackward"
+        (2.5 * loss).backward()
+        grads.append((loss, xg.grad))
+    for name, got, want in zip(("loss", "dx"), *grads):
+        _close(name, got, want, 2e-5)
 
 
 @interpreted
