@@ -7,7 +7,10 @@ version when a name or call signature below is missing or different.
 Used as is:
     open_clip_train.main.main(args)          the whole trainer, run unchanged on the open_clip_train flags
     open_clip_train.params.parse_args(args)  parses the same flags once more, for psd_train's checks
-    open_clip.create_model_and_transforms    builds the frozen --distill-model teacher (psd_train.teachers)
+    open_clip.create_model_and_transforms    builds the frozen --distill-model teacher (psd_train.teachers),
+                                             loading its checkpoint with weights_only=True
+    open_clip_train.main.get_latest_checkpoint, LATEST_CHECKPOINT_NAME
+                                             the file `--resume latest` picks, checked before training
 
 Replaced in the module open_clip_train.main for the length of one main() call, then restored:
     train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None)
@@ -48,7 +51,8 @@ SIGNATURES = {
     ("open_clip_train.main", "setup_logging"): (("log_file", "level", "include_host"), ()),
     ("open_clip_train.params", "parse_args"): (("args",), ()),
     ("open_clip", "create_model_and_transforms"): (
-        ("model_name", "pretrained"), ("device", "precision", "output_dict", "cache_dir")),
+        ("model_name", "pretrained"), ("device", "precision", "output_dict", "cache_dir", "weights_only")),
+    ("open_clip_train.main", "get_latest_checkpoint"): (("path", "remote"), ()),
 }
 
 

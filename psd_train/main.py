@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from psd_train.args import check_combined, psd_parser, split_args, without_distill_flags
-from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, atomic_save, check_resume_file, find_psd_state,
-                                  psd_state)
+from psd_train.args import check_combined, psd_parser, schedule_flags, split_args, without_distill_flags
+from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, CheckpointError, atomic_save, check_resume_file,
+                                  find_psd_state, psd_state, schedule_changes)
 from psd_train.compat import check_open_clip, patched
 from psd_train.datafiles import check_data_files
 from psd_train.errors import UsageError
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(rest)
     check_combined(psd, args)
     check_data_files(args, psd)
-    check_resume_file(args.resume)
+    check_resume_file(args)
 
     run = _Run(psd, oc_main.train_one_epoch, distill=(args.distill_model, args.distill_pretrained))
     with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet):
@@ -131,6 +131,7 @@ class _Run:
                 logging.warning(f"{args.resume} holds no PSD state: the schedules restart at step 0 "
                                 "and the teacher starts from the student")
             else:
+                self._check_schedule(state, args.resume)
                 self.loss.load_state_dict(state["loss"])
                 self.teacher.load_state_dict(state["teacher"], unwrap(model))
         self.log_dir = os.path.join(args.logs, args.name) if args.logs else None
@@ -143,6 +144,19 @@ class _Run:
         if self.psd.psd_progress:
             self.progress = tqdm(total=args.epochs * self.steps_per_epoch, initial=self.step, desc=args.name,
                                  unit="step", dynamic_ncols=True)
+
+    def _check_schedule(self, state: dict, resumed: str) -> None:
+        """A resume with other schedule flags than the checkpoint's stops, unless --psd-allow-schedule-change."""
+        changes = schedule_changes(state, schedule_flags(self.psd), self.loss.get_extra_state())
+        if not changes:
+            return
+        listed = "; ".join(changes)
+        if not self.psd.psd_allow_schedule_change:
+            raise CheckpointError(f"--resume {resumed}: the PSD schedule differs from the checkpoint's: {listed}; "
+                                  "resume with the checkpoint's values, or pass --psd-allow-schedule-change to "
+                                  "continue with the new ones")
+        logging.warning(f"--resume {resumed}: continuing with a PSD schedule that differs from the checkpoint's "
+                        f"(--psd-allow-schedule-change): {listed}")
 
     def _before_loss(self, module, inputs):
         self.last["alpha"] = module.current_alpha()
@@ -191,7 +205,7 @@ class _Run:
                         json.dump(self.metrics, f, indent=1)
         if args.save_logs:
             checkpoint = {"epoch": done, "name": args.name, "state_dict": unwrap(model).state_dict(),
-                          "optimizer": optimizer.state_dict(), "psd": psd_state(self.loss, self.teacher)}
+                          "optimizer": optimizer.state_dict(), "psd": psd_state(self.loss, self.teacher, schedule_flags(self.psd))}
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
             atomic_save(checkpoint, os.path.join(args.checkpoint_path, PSD_CHECKPOINT_NAME))
