@@ -81,6 +81,13 @@ def psd_parser() -> argparse.ArgumentParser:
     group.add_argument("--psd-threads", type=int, default=None,
                        help="torch CPU threads (torch.set_num_threads); on a shared machine 1 thread "
                             "per process avoids OpenMP oversubscription, which can cost several times")
+    group.add_argument("--psd-check-images", type=int, default=100,
+                       help="before training, rank 0 reads each CSV's image and caption columns (rows, empty "
+                            "captions) and decodes this many of its images, drawn from --seed (0: the header "
+                            "and its columns only)")
+    group.add_argument("--psd-max-skipped-share", type=float, default=0.01,
+                       help="a CSV image that is missing or does not decode is skipped with a warning; stop "
+                            "when more than this share of the images read were skipped (0: at the first)")
     group.add_argument("--psd-allow-schedule-change", action="store_true",
                        help="resume even if the schedule flags (alpha, ramps, soft fraction, teacher options) "
                             "differ from the checkpoint's; the run warns with the old and new values and uses "
@@ -110,6 +117,10 @@ def _check(psd: argparse.Namespace) -> None:
         raise FlagError(f"--psd-ema-momentum must lie in [0, 1), got {psd.psd_ema_momentum}")
     if psd.psd_threads is not None and psd.psd_threads < 1:
         raise FlagError(f"--psd-threads must be >= 1, got {psd.psd_threads}")
+    if psd.psd_check_images < 0:
+        raise FlagError(f"--psd-check-images must be >= 0, got {psd.psd_check_images}")
+    if not 0.0 <= psd.psd_max_skipped_share <= 1.0:
+        raise FlagError(f"--psd-max-skipped-share must lie in [0, 1], got {psd.psd_max_skipped_share}")
     if psd.psd_eval_every < 0:
         raise FlagError(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
 

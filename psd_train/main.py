@@ -38,7 +38,8 @@ from psd_train.args import check_combined, psd_parser, schedule_flags, split_arg
 from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, CheckpointError, atomic_save, check_resume_file,
                                   find_psd_state, psd_state, schedule_changes)
 from psd_train.compat import check_open_clip, patched
-from psd_train.datafiles import check_data_files
+from psd_train.csvimages import TooManySkippedImages, skipping_csv_dataset
+from psd_train.datafiles import check_data_files, csv_flags
 from psd_train.errors import UsageError
 from psd_train.feed import for_loop, unwrap
 from psd_train.loss import make_loss
@@ -50,7 +51,9 @@ from psd_train.teachers import Teacher, load_distill_model
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns {"log_dir", "checkpoint", "metrics" (the last evaluation, or {})}."""
     check_open_clip()
+    import open_clip_train.data as oc_data
     import open_clip_train.main as oc_main
+    from open_clip_train.distributed import world_info_from_env
     from open_clip_train.params import parse_args
 
     from psd_train.demo.model import register_demo_models
@@ -70,11 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     register_demo_models()  # --model psd-tiny
     args = parse_args(rest)
     check_combined(psd, args)
-    check_data_files(args, psd)
+    check_data_files(args, psd, rank=world_info_from_env()[1])
     check_resume_file(args)
 
     run = _Run(psd, oc_main.train_one_epoch, distill=(args.distill_model, args.distill_pretrained))
-    with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet):
+    csv_dataset = skipping_csv_dataset(oc_data.CsvDataset, csv_flags(args), psd.psd_max_skipped_share,
+                                       run.skipped_images)
+    with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet, csv_dataset=csv_dataset):
         try:
             status = oc_main.main(without_distill_flags(rest))
         finally:
@@ -102,6 +107,7 @@ class _Run:
         self.metrics = {}
         self.progress = None
         self.eval_tools = None
+        self.skipped_images = []  # psd_train.csvimages.SkippedImages of each CSV dataset open_clip_train builds
 
     def train_one_epoch(self, model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
                         tb_writer=None):
@@ -111,8 +117,16 @@ class _Run:
             self._start(model, data, epoch, optimizer, args)
         _seed_epoch(args.seed, epoch)
         loop_model, loop_loss = for_loop(model, self.teacher.for_epoch(unwrap(model), epoch), self.loss)
-        self.original(loop_model, data, loop_loss, epoch, optimizer, scaler, scheduler, dist_model, args,
-                      tb_writer=tb_writer)
+        try:
+            self.original(loop_model, data, loop_loss, epoch, optimizer, scaler, scheduler, dist_model, args,
+                          tb_writer=tb_writer)
+        except TooManySkippedImages:
+            # raised in a DataLoader worker, it arrives with the worker's traceback in its message;
+            # the counts are shared, so the same one-line error is rebuilt here
+            exceeded = [skips for skips in self.skipped_images if skips.exceeded()]
+            if not exceeded:
+                raise
+            raise exceeded[0].error() from None
         self._end_epoch(model, epoch, optimizer, scaler, args, tb_writer)
 
     # first call: the loss, the teacher, resumed state, log files, hooks
@@ -184,6 +198,10 @@ class _Run:
 
     def _end_epoch(self, model, epoch, optimizer, scaler, args, tb_writer):
         done = epoch + 1
+        for skips in self.skipped_images:
+            if skips.skipped:
+                logging.warning(f"{skips.label}: {skips.skipped} of {skips.read} images read so far were missing "
+                                "or did not decode and were skipped")
         if args.save_logs:
             append_csv_rows(os.path.join(self.log_dir, STEPS_CSV), STEP_FIELDS, self.steps_rows)
             if tb_writer is not None:
