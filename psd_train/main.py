@@ -42,7 +42,7 @@ from psd_train.csvimages import TooManySkippedImages, skipping_csv_dataset
 from psd_train.datafiles import check_data_files, csv_flags
 from psd_train.errors import UsageError
 from psd_train.feed import for_loop, unwrap
-from psd_train.loss import make_loss
+from psd_train.loss import backend_in_use, make_loss
 from psd_train.runlog import (FINAL_METRICS, METRICS_CSV, STEP_FIELDS, STEPS_CSV, append_csv_rows,
                               truncate_csv)
 from psd_train.teachers import Teacher, load_distill_model
@@ -153,6 +153,7 @@ class _Run:
             truncate_csv(os.path.join(self.log_dir, STEPS_CSV), "step", self.step)
             truncate_csv(os.path.join(self.log_dir, METRICS_CSV), "epoch", start_epoch)
         self.loss.register_forward_pre_hook(self._before_loss)
+        self._backend_hook = self.loss.register_forward_pre_hook(self._log_backend, with_kwargs=True)
         self.loss.register_forward_hook(self._after_loss)
         optimizer.register_step_post_hook(self._after_step)
         if self.psd.psd_progress:
@@ -171,6 +172,13 @@ class _Run:
                                   "continue with the new ones")
         logging.warning(f"--resume {resumed}: continuing with a PSD schedule that differs from the checkpoint's "
                         f"(--psd-allow-schedule-change): {listed}")
+
+    def _log_backend(self, module, args, kwargs):
+        """Once, at the first loss call: which backend --psd-backend resolved to for these features."""
+        features = kwargs["image_features"] if "image_features" in kwargs else args[0]
+        logging.info(f"psd_train: PSD loss backend {backend_in_use(module, features)} (--psd-backend "
+                     f"{module.backend}; {features.dtype} features on {features.device})")
+        self._backend_hook.remove()
 
     def _before_loss(self, module, inputs):
         self.last["alpha"] = module.current_alpha()

@@ -57,3 +57,4 @@ def test_train_on_shards_then_resume(data, tmp_path):
     assert checkpoint["psd"]["teacher"]["weights"] is not None
     log = open(os.path.join(resumed["log_dir"], "out.log")).read()
     assert "=> resuming checkpoint" in log and "psd_latest.pt" in log
+    assert "psd_train: PSD loss backend cpp (--psd-backend auto; torch.float32 features on cpu)" in log
