@@ -10,10 +10,11 @@ open_clip_train.main.main(argv) runs unchanged, with its train_one_epoch replace
 _Run.train_one_epoch for the length of the call. That seeds the epoch, calls the original
 with PSDLoss as the loss and the student with its teacher as the model (psd_train.feed, which
 also carries the teacher through --accum-freq), then evaluates and writes the PSD
-checkpoint. An optimizer step post-hook updates the EMA teacher, advances PSDLoss's
-schedules by one step and logs loss, alpha, soft fraction, lr and scale after every
-optimizer step, so with --accum-freq N the N loss calls of a step share one alpha and one
-soft subset.
+checkpoint. open_clip_train.data.CsvDataset is replaced for the call too, by a subclass
+that skips images that do not load (psd_train.csvimages). An optimizer step post-hook
+updates the EMA teacher, advances PSDLoss's schedules by one step and logs loss, alpha,
+soft fraction, lr and scale after every optimizer step, so with --accum-freq N the N loss
+calls of a step share one alpha and one soft subset.
 
 psd_train holds no loss math: PSDLoss (psd_kernels) owns the soft targets, both schedules
 and their step counter.
