@@ -10,7 +10,9 @@ steps (per model: psd-tiny batch 32, ViT-B-32 batch 8, small enough for a 2-core
 when every teacher exists (prev_epoch has no teacher in epoch 0):
 
     step time    median interval between consecutive optimizer steps of epoch 1 (its first
-                 step is left out: it follows epoch 0's checkpoint)
+                 step is left out: it follows epoch 0's checkpoint), as CPU time of the
+                 process (time.process_time: with one thread, the compute, little disturbed
+                 by other processes on the machine) and as wall time
     peak memory  the process's peak resident set size (VmHWM) over epoch 1's steps, reset
                  through /proc/self/clear_refs after epoch 1's first step; glibc returns every
                  buffer above 1 MiB to the OS when it is freed (benchmarks/memory.py)
@@ -53,10 +55,11 @@ from psd_train.main import main
 
 release_freed_memory_to_os()
 steps = int(sys.argv[2])
-times, peaks = [], []
+times, cpu, peaks = [], [], []
 
 def after_step(optimizer, args, kwargs):
     times.append(time.perf_counter())
+    cpu.append(time.process_time())
     if len(times) == steps + 1:  # epoch 1's first step done: measure from here
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -65,9 +68,10 @@ def after_step(optimizer, args, kwargs):
 
 register_optimizer_step_post_hook(after_step)
 main(sys.argv[3:])
-epoch1 = times[steps:]
-intervals = [b - a for a, b in zip(epoch1, epoch1[1:])]
-print("RESULT " + json.dumps({"step_s": intervals, "peak_bytes": max(peaks)}))
+def intervals(stamps):
+    return [b - a for a, b in zip(stamps[steps:], stamps[steps + 1:])]
+
+print("RESULT " + json.dumps({"step_s": intervals(times), "cpu_s": intervals(cpu), "peak_bytes": max(peaks)}))
 """
 
 
@@ -103,7 +107,7 @@ def run_one(model: str, teacher: str, batch: int, steps: int, threads: int, fold
         raise SystemExit(f"{name} failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
     result = json.loads(lines[0][len("RESULT "):])
     return {"model": model, "teacher": teacher, "batch": batch, "step_s": statistics.median(result["step_s"]),
-            "peak_mib": result["peak_bytes"] / 2**20}
+            "cpu_s": statistics.median(result["cpu_s"]), "peak_mib": result["peak_bytes"] / 2**20}
 
 
 def main(argv=None) -> list[dict]:
@@ -126,22 +130,25 @@ def main(argv=None) -> list[dict]:
                     runs[teacher].append(run_one(model, teacher, batch, args.steps, args.threads, folder, distill))
                     last = runs[teacher][-1]
                     print(f"{model} {teacher:10s} repeat {repeat}: {last['step_s']:.3f} s/step, "
-                          f"peak {last['peak_mib']:.0f} MiB", flush=True)
+                          f"{last['cpu_s']:.3f} CPU s/step, peak {last['peak_mib']:.0f} MiB", flush=True)
             for teacher, results in runs.items():
                 rows.append({"model": model, "teacher": teacher, "batch": batch,
                              "step_s": statistics.median(r["step_s"] for r in results),
+                             "cpu_s": statistics.median(r["cpu_s"] for r in results),
                              "peak_mib": statistics.median(r["peak_mib"] for r in results)})
     print()
     for model in args.models:
         mine = [r for r in rows if r["model"] == model]
         base = next((r for r in mine if r["teacher"] == "clip"), None)
         print(f"{model}, batch {mine[0]['batch']}, fp32, CPU, {args.threads} thread(s), median of {args.repeats}:")
-        print("| teacher | step time | vs CLIP | peak RSS | vs CLIP |")
-        print("|---|---:|---:|---:|---:|")
+        print("| teacher | CPU time per step | vs CLIP | wall time per step | vs CLIP | peak RSS | vs CLIP |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for r in mine:
-            time_rel = f"{r['step_s'] / base['step_s']:.2f}x" if base else "-"
+            def rel(key):
+                return f"{r[key] / base[key]:.2f}x" if base else "-"
             mem_rel = f"{r['peak_mib'] - base['peak_mib']:+.0f} MiB" if base else "-"
-            print(f"| {r['teacher']} | {r['step_s'] * 1000:.0f} ms | {time_rel} | {r['peak_mib']:.0f} MiB | {mem_rel} |")
+            print(f"| {r['teacher']} | {r['cpu_s'] * 1000:.0f} ms | {rel('cpu_s')} | {r['step_s'] * 1000:.0f} ms | "
+                  f"{rel('step_s')} | {r['peak_mib']:.0f} MiB | {mem_rel} |")
         print()
     if args.out:
         with open(args.out, "w", newline="") as f:
