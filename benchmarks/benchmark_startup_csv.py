@@ -13,9 +13,11 @@ The CSV (in a temporary folder, deleted afterwards) has --rows rows pointing at 
 PNG files, reused. Three commands run in turn, --repeats times each, interleaved so machine
 load hits all alike: open_clip_train (`open_clip_train.main.main`), psd_train with its
 default pre-flight check (--psd-check-images 100) and psd_train with --psd-check-images 0,
-all on psd-tiny with --workers 0 and an EMA teacher for psd_train. Printed: each start-up in
-seconds (wall, and the CPU time the process used by then, which machine load
-disturbs less), the medians, and the median over repeats of psd_train minus open_clip_train.
+all on psd-tiny with --workers 0 and an EMA teacher for psd_train. Printed first:
+psd_train's pre-flight check of the CSV alone (datafiles.check_data_files, in this
+process). Then each start-up in seconds (wall, and the CPU time the process used by then,
+which machine load disturbs less), the medians, and the median over repeats of psd_train
+minus open_clip_train.
 """
 from __future__ import annotations
 
@@ -77,6 +79,19 @@ def write_data(folder: str, rows: int) -> str:
     return csv
 
 
+def preflight_seconds(csv: str, check_images: int) -> float:
+    """Wall seconds of psd_train's pre-flight check of `csv` alone, in this process (rank 0)."""
+    from types import SimpleNamespace
+
+    from psd_train.datafiles import check_data_files
+
+    args = SimpleNamespace(train_data=csv, val_data=None, dataset_type="csv", csv_separator="\t",
+                           csv_img_key="filepath", csv_caption_key="title", seed=0)
+    began = time.perf_counter()
+    check_data_files(args, SimpleNamespace(psd_check_images=check_images, psd_eval_data=None), rank=0)
+    return time.perf_counter() - began
+
+
 def start_up(kind: str, csv: str, logs: str, name: str) -> tuple[float, float]:
     """(wall seconds from launch to train_one_epoch, CPU seconds the process used by then)."""
     from psd_train.demo.model import TRAIN_FLAGS
@@ -107,6 +122,10 @@ def main(argv=None) -> dict:
         csv = write_data(folder, args.rows)
         print(f"{args.rows} rows written to {csv} in {time.time() - began:.1f} s "
               f"({os.path.getsize(csv) / 2**20:.0f} MiB)")
+        for check_images in (100, 0):
+            seconds = statistics.median(preflight_seconds(csv, check_images) for _ in range(3))
+            print(f"psd_train's pre-flight check alone, --psd-check-images {check_images}: {seconds:.3f} s "
+                  "(median of 3, in this process)")
         for repeat in range(args.repeats):
             for kind in COMMANDS:
                 seconds, cpu_seconds = start_up(kind, csv, os.path.join(folder, "logs"),
