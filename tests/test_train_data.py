@@ -88,3 +88,14 @@ def test_too_many_skipped_images_stop_with_one_line(workers, data, tmp_path, cap
     assert last.startswith(f"python -m psd_train: error: --train-data {train}: {skipped} of ")
     assert last.endswith("images read so far were missing or did not decode, more than --psd-max-skipped-share 0.1 "
                          "allows (the warnings in the log name them); fix the CSV or raise --psd-max-skipped-share")
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--psd-check-images", "-1"], "--psd-check-images must be >= 0, got -1"),
+    (["--psd-max-skipped-share", "1.5"], r"--psd-max-skipped-share must lie in \[0, 1\], got 1.5"),
+])
+def test_bad_data_flags_are_reported(flags, match, data, tmp_path):
+    from psd_train.errors import FlagError
+
+    with pytest.raises(FlagError, match=match):
+        main(_args(data, tmp_path, data["train_csv"], *flags))
