@@ -75,7 +75,8 @@ def write_data(folder: str, rows: int) -> str:
     with open(csv, "w") as f:
         f.write("filepath\ttitle\n")
         for start in range(0, rows, 100_000):
-            f.writelines(f"{images[i % 8]}\ta photo of the digit {i % 10}\n" for i in range(start, min(rows, start + 100_000)))
+            f.writelines(f"{images[i % 8]}\ta photo of the digit {i % 10}\n"
+                         for i in range(start, min(rows, start + 100_000)))
     return csv
 
 
@@ -128,8 +129,8 @@ def main(argv=None) -> dict:
                   "(median of 3, in this process)")
         for repeat in range(args.repeats):
             for kind in COMMANDS:
-                seconds, cpu_seconds = start_up(kind, csv, os.path.join(folder, "logs"),
-                                                f"{kind.split()[0]}-{len(times[kind])}" + ("-nocheck" if "check" in kind else ""))
+                name = f"{kind.split()[0]}-{len(times[kind])}" + ("-nocheck" if "check" in kind else "")
+                seconds, cpu_seconds = start_up(kind, csv, os.path.join(folder, "logs"), name)
                 times[kind].append(seconds)
                 cpu[kind].append(cpu_seconds)
                 print(f"repeat {repeat}: {kind:32s} {seconds:6.2f} s wall, {cpu_seconds:6.2f} s CPU", flush=True)

@@ -68,7 +68,8 @@ def refused(label: str, exc: Exception) -> CheckpointError:
     it pickles more than tensors and plain values."""
     lines = str(exc).splitlines()
     reason = next((line.strip() for line in lines if "GLOBAL" in line or "Unsupported" in line), "")
-    return CheckpointError(f"{label} holds objects other than tensors and plain values{f' ({reason})' if reason else ''}; "
+    because = f" ({reason})" if reason else ""
+    return CheckpointError(f"{label} holds objects other than tensors and plain values{because}; "
                            "psd_train loads checkpoints with weights_only=True and does not run code from one: "
                            "use a checkpoint that holds only tensors, numbers, strings, lists and dicts")
 

@@ -232,7 +232,8 @@ class _Run:
                         json.dump(self.metrics, f, indent=1)
         if args.save_logs:
             checkpoint = {"epoch": done, "name": args.name, "state_dict": unwrap(model).state_dict(),
-                          "optimizer": optimizer.state_dict(), "psd": psd_state(self.loss, self.teacher, schedule_flags(self.psd))}
+                          "optimizer": optimizer.state_dict(),
+                          "psd": psd_state(self.loss, self.teacher, schedule_flags(self.psd))}
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
             atomic_save(checkpoint, os.path.join(args.checkpoint_path, PSD_CHECKPOINT_NAME))

@@ -40,7 +40,8 @@ def test_sample_check_decodes_only_its_sample(data, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     train = _with_bad_rows(data, tmp_path, [sample[3]], image=str(broken))
-    with pytest.raises(DataFileError, match=rf"--train-data .*train.csv: row {sample[3]}: image .*broken.png is corrupt"):
+    expected = rf"--train-data .*train.csv: row {sample[3]}: image .*broken.png is corrupt"
+    with pytest.raises(DataFileError, match=expected):
         main(_args(data, tmp_path, train, "--psd-check-images", "8"))
     # a bad image outside the sample passes the check; training skips it
     train = _with_bad_rows(data, tmp_path, [outside], image=str(broken))
