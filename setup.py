@@ -170,10 +170,11 @@ def extension_and_record():
 
 
 # What psd_train and its demo import beyond psd_kernels' torch and numpy: pip install ".[train]".
-# The ranges hold the versions requirements.txt pins (tests/test_packaging.py checks it);
-# torchvision comes with open_clip_torch, matched to the installed torch.
+# The ranges hold the versions requirements.txt pins and lie inside open_clip_torch's own "training"
+# extra (tests/test_packaging.py checks both): open_clip_train 3.3's webdataset pipeline needs
+# webdataset <= 0.2.86. torchvision comes with open_clip_torch, matched to the installed torch.
 TRAIN_EXTRAS = ["open_clip_torch>=3.3.0,<3.4", "pandas", "scikit-learn", "scipy", "mlxtend", "matplotlib",
-                "tensorboard", "tqdm", "pillow", "webdataset", "braceexpand"]
+                "tensorboard", "tqdm", "pillow", "webdataset>=0.2.5,<=0.2.86", "braceexpand"]
 
 ext, build_ext, _record = extension_and_record()
 

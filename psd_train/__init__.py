@@ -7,7 +7,8 @@ The trainer:
     args.py        the --psd-* flags and their checks
     teachers.py    the teachers (self, EMA, previous epoch, frozen distill model)
     checkpoint.py  atomic checkpoints with PSD's state, resume checks
-    datafiles.py   checks of the CSV data and images before training
+    datafiles.py   checks of the CSV data before training (header, columns, a bounded image sample)
+    csvimages.py   CSV images that are missing or do not decode: skipped, counted, bounded
     runlog.py      psd_steps.csv, psd_metrics.csv and their CSV helpers
     console.py     framework messages whose cause psd_train knows, kept off the console
 

@@ -22,6 +22,11 @@ FRACTION_PRESETS = {"seed": (0.1, 1.0, "per_epoch", 9)}
 FRACTION_FLAGS = ("psd_soft_fraction", "psd_soft_fraction_start", "psd_soft_fraction_schedule",
                   "psd_soft_fraction_ramp_steps", "psd_soft_fraction_ramp_epochs")
 DISTILL_FLAGS = ("--distill-model", "--distill-pretrained")
+# The flags that set what PSD trains towards: saved in every checkpoint and compared on resume.
+SCHEDULE_FLAGS = ("psd_alpha_max", "psd_schedule", "psd_ramp_steps", "psd_ramp_epochs", "psd_soft_fraction",
+                  "psd_soft_fraction_start", "psd_soft_fraction_schedule", "psd_soft_fraction_ramp_steps",
+                  "psd_soft_fraction_ramp_epochs", "psd_soft_fraction_preset", "psd_teacher", "psd_teacher_mode",
+                  "psd_teacher_scale", "psd_ema_momentum")
 
 
 def psd_parser() -> argparse.ArgumentParser:
@@ -76,6 +81,17 @@ def psd_parser() -> argparse.ArgumentParser:
     group.add_argument("--psd-threads", type=int, default=None,
                        help="torch CPU threads (torch.set_num_threads); on a shared machine 1 thread "
                             "per process avoids OpenMP oversubscription, which can cost several times")
+    group.add_argument("--psd-check-images", type=int, default=100,
+                       help="before training, rank 0 reads each CSV's image and caption columns (rows, empty "
+                            "captions) and decodes this many of its images, drawn from --seed (0: the header "
+                            "and its columns only)")
+    group.add_argument("--psd-max-skipped-share", type=float, default=0.01,
+                       help="a CSV image that is missing or does not decode is skipped with a warning; stop "
+                            "when more than this share of the images read were skipped (0: at the first)")
+    group.add_argument("--psd-allow-schedule-change", action="store_true",
+                       help="resume even if the schedule flags (alpha, ramps, soft fraction, teacher options) "
+                            "differ from the checkpoint's; the run warns with the old and new values and uses "
+                            "the new ones. Without it such a resume stops with an error listing them")
     group.add_argument("--psd-progress", action="store_true",
                        help="show a progress bar over the training steps")
     group.add_argument("--psd-quiet", action="store_true",
@@ -101,6 +117,10 @@ def _check(psd: argparse.Namespace) -> None:
         raise FlagError(f"--psd-ema-momentum must lie in [0, 1), got {psd.psd_ema_momentum}")
     if psd.psd_threads is not None and psd.psd_threads < 1:
         raise FlagError(f"--psd-threads must be >= 1, got {psd.psd_threads}")
+    if psd.psd_check_images < 0:
+        raise FlagError(f"--psd-check-images must be >= 0, got {psd.psd_check_images}")
+    if not 0.0 <= psd.psd_max_skipped_share <= 1.0:
+        raise FlagError(f"--psd-max-skipped-share must lie in [0, 1], got {psd.psd_max_skipped_share}")
     if psd.psd_eval_every < 0:
         raise FlagError(f"--psd-eval-every must be >= 0, got {psd.psd_eval_every}")
 
@@ -133,6 +153,11 @@ def _check_soft_fraction(psd: argparse.Namespace) -> None:
     if schedule not in (None, "constant") and start is None:
         raise FlagError(f"--psd-soft-fraction-schedule {schedule} needs --psd-soft-fraction-start "
                         "(the fraction it ramps from)")
+
+
+def schedule_flags(psd: argparse.Namespace) -> dict:
+    """{flag dest: value} of SCHEDULE_FLAGS, plain values only (they go into checkpoints)."""
+    return {name: getattr(psd, name) for name in SCHEDULE_FLAGS}
 
 
 def without_distill_flags(argv: list[str]) -> list[str]:

@@ -11,6 +11,11 @@ os.replace, so a crash leaves either the previous checkpoint or the new one, nev
 torn file. The temporary name does not end in .pt, so open_clip_train's
 `--resume latest` (the last *.pt in natural order) never picks it, and psd_latest.pt
 sorts after open_clip_train's own epoch_<n>.pt and epoch_latest.pt.
+
+Nothing in a checkpoint can run code: psd_train saves only tensors and plain values (dicts,
+lists, numbers, strings, None) and loads every checkpoint (--resume, the PSD state,
+--distill-pretrained) with torch.load(weights_only=True), which refuses any other pickled
+object instead of constructing it; the refusal is one line naming the file.
 """
 from __future__ import annotations
 
@@ -45,20 +50,28 @@ def atomic_save(obj, path: str) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """torch.load a checkpoint, turning a missing or corrupt file into one clear error."""
+    """torch.load(weights_only=True) a checkpoint; a missing, corrupt or code-carrying file is one clear error."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-                           "resume from an earlier checkpoint") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if str(exc).startswith("Weights only load failed"):
+            raise refused(f"checkpoint {path}", exc) from None
+        raise _corrupt(path, exc) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise _corrupt(path, exc) from exc
 
 
-def check_resume_file(resume: str | None) -> None:
-    """A --resume path that is missing or corrupt fails before training, with the path in the message."""
-    if resume is not None and resume != "latest":
-        load_checkpoint(resume)
+def refused(label: str, exc: Exception) -> CheckpointError:
+    """The error for a file (`label`: what it is and its path) that torch.load(weights_only=True) refused:
+    it pickles more than tensors and plain values."""
+    lines = str(exc).splitlines()
+    reason = next((line.strip() for line in lines if "GLOBAL" in line or "Unsupported" in line), "")
+    because = f" ({reason})" if reason else ""
+    return CheckpointError(f"{label} holds objects other than tensors and plain values{because}; "
+                           "psd_train loads checkpoints with weights_only=True and does not run code from one: "
+                           "use a checkpoint that holds only tensors, numbers, strings, lists and dicts")
 
 
 def model_state(model) -> dict:
@@ -68,8 +81,70 @@ def model_state(model) -> dict:
     return getattr(model, "_orig_mod", model).state_dict()
 
 
-def psd_state(loss, teacher) -> dict:
-    return {"version": FORMAT_VERSION, "loss": loss.state_dict(), "teacher": teacher.state_dict()}
+def _corrupt(path: str, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                           "resume from an earlier checkpoint")
+
+
+def resume_path(args) -> str | None:
+    """The file open_clip_train will resume from: --resume itself, or for `--resume latest` the file it
+    picks (epoch_latest.pt with --save-most-recent, else the last *.pt in natural order); None if none."""
+    if args.resume != "latest":
+        return args.resume
+    if args.remote_sync is not None:
+        return None  # open_clip_train lists the remote; it loads that file with weights_only=True too
+    if args.name is None:
+        return None  # open_clip_train names the run by the time; there is nothing to resume from
+    from open_clip_train.main import LATEST_CHECKPOINT_NAME, get_latest_checkpoint
+
+    folder = os.path.join(args.logs, args.name, "checkpoints")
+    if args.save_most_recent:
+        path = os.path.join(folder, LATEST_CHECKPOINT_NAME)
+        return path if os.path.isfile(path) else None
+    return get_latest_checkpoint(folder, remote=False) if os.path.isdir(folder) else None
+
+
+def check_resume_file(args) -> None:
+    """The checkpoint a run resumes from fails before training if it is missing, corrupt or carries code."""
+    path = resume_path(args)
+    if path is not None:
+        load_checkpoint(path)
+
+
+def psd_state(loss, teacher, flags: dict) -> dict:
+    """PSD's part of a checkpoint: the loss's state (step counter and resolved schedule), the teacher's,
+    and the schedule flags the run was started with (psd_train.args.schedule_flags)."""
+    return {"version": FORMAT_VERSION, "loss": loss.state_dict(), "teacher": teacher.state_dict(),
+            "flags": dict(flags)}
+
+
+# Schedule values PSDLoss resolves from several flags, and what sets them.
+DERIVED = {"ramp_steps": "the alpha ramp in steps (--psd-ramp-steps, --psd-ramp-epochs or --epochs)",
+           "soft_fraction_ramp_steps": "the soft-fraction ramp in steps (--psd-soft-fraction-ramp-steps or -epochs, "
+                                       "or the alpha ramp)",
+           "steps_per_epoch": "optimizer steps per epoch (the data size, --batch-size, --accum-freq, the world size)",
+           "seed": "the soft subsets' seed (--seed)"}
+
+
+def schedule_changes(saved: dict, flags: dict, loss_state: dict) -> list[str]:
+    """How this run's schedule differs from the saved PSD state `saved`: one "what: old -> new" per difference.
+
+    `flags` are this run's schedule flags, `loss_state` its PSDLoss extra state (the resolved schedule).
+    """
+    def shown(value):
+        return "unset" if value is None else str(value)
+
+    changes = []
+    for name, value in flags.items():
+        old = saved.get("flags", {}).get(name, value)
+        if old != value:
+            changes.append(f"--{name.replace('_', '-')} {shown(old)} -> {shown(value)}")
+    saved_loss = saved.get("loss", {}).get("_extra_state", {})
+    for key, what in DERIVED.items():
+        old = saved_loss.get(key, loss_state.get(key))
+        if old != loss_state.get(key):
+            changes.append(f"{what} {shown(old)} -> {shown(loss_state.get(key))}")
+    return changes
 
 
 def find_psd_state(resume_path: str) -> dict | None:

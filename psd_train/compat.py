@@ -7,7 +7,10 @@ version when a name or call signature below is missing or different.
 Used as is:
     open_clip_train.main.main(args)          the whole trainer, run unchanged on the open_clip_train flags
     open_clip_train.params.parse_args(args)  parses the same flags once more, for psd_train's checks
-    open_clip.create_model_and_transforms    builds the frozen --distill-model teacher (psd_train.teachers)
+    open_clip.create_model_and_transforms    builds the frozen --distill-model teacher (psd_train.teachers),
+                                             loading its checkpoint with weights_only=True
+    open_clip_train.main.get_latest_checkpoint, LATEST_CHECKPOINT_NAME
+                                             the file `--resume latest` picks, checked before training
 
 Replaced in the module open_clip_train.main for the length of one main() call, then restored:
     train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None)
@@ -25,6 +28,16 @@ Replaced in torch for the length of one main() call, then restored:
         (its rule: CPU modules take device_ids=None). CpuAwareDDP, a subclass, leaves them
         out when they name CPU devices and passes everything else through, so torchrun with
         gloo trains on CPUs; on GPUs nothing changes.
+
+Replaced in the module open_clip_train.data for the length of one main() call, then restored:
+    CsvDataset(input_filename, transforms, img_key, caption_key, sep, tokenizer)
+        get_csv_dataset builds it by this name. The replacement is a subclass
+        (psd_train.csvimages) whose __getitem__ reads the attributes images, captions,
+        transforms and tokenize that CsvDataset.__init__ sets, and skips an image that is
+        missing or does not decode instead of raising.
+
+Used to read the environment as open_clip_train does:
+    open_clip_train.distributed.world_info_from_env()  the global rank, before torch.distributed starts
 
 Not replaced (open_clip_train's and torch's own extension points):
     the loss     train_one_epoch's `loss` argument receives PSDLoss; open_clip's create_loss(args)
@@ -58,8 +71,13 @@ SIGNATURES = {
         ("model", "data", "loss", "epoch", "optimizer", "scaler", "scheduler", "dist_model", "args"), ("tb_writer",)),
     ("open_clip_train.main", "setup_logging"): (("log_file", "level", "include_host"), ()),
     ("open_clip_train.params", "parse_args"): (("args",), ()),
+    ("open_clip_train.data", "CsvDataset"): (
+        ("input_filename", "transforms", "img_key", "caption_key", "sep", "tokenizer"), ()),
+    ("open_clip_train.data", "get_csv_dataset"): (("args", "preprocess_fn", "is_train"), ()),
+    ("open_clip_train.distributed", "world_info_from_env"): ((), ()),
     ("open_clip", "create_model_and_transforms"): (
-        ("model_name", "pretrained"), ("device", "precision", "output_dict", "cache_dir")),
+        ("model_name", "pretrained"), ("device", "precision", "output_dict", "cache_dir", "weights_only")),
+    ("open_clip_train.main", "get_latest_checkpoint"): (("path", "remote"), ()),
 }
 
 
@@ -114,16 +132,20 @@ class CpuAwareDDP(DistributedDataParallel):
 
 
 @contextmanager
-def patched(oc_main, train_one_epoch, quiet: bool):
+def patched(oc_main, train_one_epoch, quiet: bool, csv_dataset: type):
     """open_clip_train.main with `train_one_epoch` (and, if quiet, a quieter setup_logging) in place,
-    and torch's DistributedDataParallel as CpuAwareDDP.
+    open_clip_train.data with `csv_dataset` as its CsvDataset, and torch's DistributedDataParallel
+    as CpuAwareDDP.
 
     Restores every name, removes the logging handlers open_clip_train added and resets the
     logger levels it set, so open_clip_train stays usable in the same process.
     """
+    import open_clip_train.data as oc_data
+
     saved = {name: getattr(oc_main, name) for name in ("train_one_epoch", "setup_logging")}
     parallel = torch.nn.parallel
     saved_ddp = parallel.DistributedDataParallel
+    saved_dataset = oc_data.CsvDataset
     before = list(logging.root.handlers)
     # setup_logging sets every logger to INFO (torch._dynamo's too); restore them afterwards
     levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
@@ -140,12 +162,14 @@ def patched(oc_main, train_one_epoch, quiet: bool):
     if quiet:
         oc_main.setup_logging = quiet_setup_logging
     parallel.DistributedDataParallel = CpuAwareDDP
+    oc_data.CsvDataset = csv_dataset
     try:
         yield
     finally:
         parallel.DistributedDataParallel = saved_ddp
         for name, value in saved.items():
             setattr(oc_main, name, value)
+        oc_data.CsvDataset = saved_dataset
         for handler in [h for h in logging.root.handlers if h not in before]:
             logging.root.removeHandler(handler)
             handler.close()

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from psd_kernels import PSDLoss
+from psd_kernels import BACKENDS, PSDLoss
+from psd_kernels.backends import BackendUnavailable, load_backend, resolve_backend
 from psd_train.args import FRACTION_PRESETS
 
 
@@ -53,3 +54,15 @@ def make_loss(psd: argparse.Namespace, args: argparse.Namespace, steps_per_epoch
                    step_per_forward=False, seed=args.seed, teacher_scale=psd.psd_teacher_scale,
                    teacher_mode=psd.psd_teacher_mode, backend=psd.psd_backend, local_loss=args.local_loss,
                    gather_with_grad=args.gather_with_grad, rank=args.rank, world_size=args.world_size)
+
+
+def backend_in_use(loss: PSDLoss, features) -> str:
+    """The backend name (reference, cpp, triton) that `loss` runs on features of this device and dtype."""
+    module = resolve_backend(loss.backend, features.device, features.dtype)
+    for name in BACKENDS:
+        try:
+            if load_backend(name) is module:
+                return name
+        except BackendUnavailable:
+            continue
+    return module.__name__

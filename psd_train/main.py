@@ -10,10 +10,11 @@ open_clip_train.main.main(argv) runs unchanged, with its train_one_epoch replace
 _Run.train_one_epoch for the length of the call. That seeds the epoch, calls the original
 with PSDLoss as the loss and the student with its teacher as the model (psd_train.feed, which
 also carries the teacher through --accum-freq), then evaluates and writes the PSD
-checkpoint. An optimizer step post-hook updates the EMA teacher, advances PSDLoss's
-schedules by one step and logs loss, alpha, soft fraction, lr and scale after every
-optimizer step, so with --accum-freq N the N loss calls of a step share one alpha and one
-soft subset.
+checkpoint. open_clip_train.data.CsvDataset is replaced for the call too, by a subclass
+that skips images that do not load (psd_train.csvimages). An optimizer step post-hook
+updates the EMA teacher, advances PSDLoss's schedules by one step and logs loss, alpha,
+soft fraction, lr and scale after every optimizer step, so with --accum-freq N the N loss
+calls of a step share one alpha and one soft subset.
 
 Several processes (torchrun): every rank runs all of the above on its own share of each
 batch; the EMA and previous-epoch teachers follow the student, which DDP keeps equal on every
@@ -39,15 +40,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from psd_train.args import check_combined, psd_parser, split_args, without_distill_flags
-from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, atomic_save, check_resume_file, find_psd_state,
-                                  model_state, psd_state)
+from psd_train.args import check_combined, psd_parser, schedule_flags, split_args, without_distill_flags
+from psd_train.checkpoint import (PSD_CHECKPOINT_NAME, CheckpointError, atomic_save, check_resume_file,
+                                  find_psd_state, model_state, psd_state, schedule_changes)
 from psd_train.compat import check_open_clip, patched
 from psd_train.console import known_messages_left_out
-from psd_train.datafiles import check_data_files
+from psd_train.csvimages import TooManySkippedImages, skipping_csv_dataset
+from psd_train.datafiles import check_data_files, csv_flags
 from psd_train.errors import UsageError
 from psd_train.feed import for_loop, unwrap
-from psd_train.loss import make_loss
+from psd_train.loss import backend_in_use, make_loss
 from psd_train.runlog import (FINAL_METRICS, METRICS_CSV, STEP_FIELDS, STEPS_CSV, append_csv_rows,
                               truncate_csv)
 from psd_train.teachers import Teacher, load_distill_model
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Train; returns {"log_dir", "checkpoint" (None where this rank writes none), "metrics" (the last
     evaluation, or {}; under torchrun rank 0 evaluates, writes every log file and the checkpoint)}."""
     check_open_clip()
+    import open_clip_train.data as oc_data
     import open_clip_train.main as oc_main
+    from open_clip_train.distributed import world_info_from_env
     from open_clip_train.params import parse_args
 
     from psd_train.demo.model import register_demo_models
@@ -75,11 +79,14 @@ def main(argv: list[str] | None = None) -> dict:
     register_demo_models()  # --model psd-tiny
     args = parse_args(rest)
     check_combined(psd, args)
-    check_data_files(args, psd)
-    check_resume_file(args.resume)
+    check_data_files(args, psd, rank=world_info_from_env()[1])
+    check_resume_file(args)
 
     run = _Run(psd, oc_main.train_one_epoch, distill=(args.distill_model, args.distill_pretrained))
-    with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet), known_messages_left_out(not args.pretrained):
+    csv_dataset = skipping_csv_dataset(oc_data.CsvDataset, csv_flags(args), psd.psd_max_skipped_share,
+                                       run.skipped_images)
+    with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet, csv_dataset=csv_dataset), \
+            known_messages_left_out(not args.pretrained):
         try:
             status = oc_main.main(without_distill_flags(rest))
         finally:
@@ -119,6 +126,7 @@ class _Run:
         self.metrics = {}
         self.progress = None
         self.eval_tools = None
+        self.skipped_images = []  # psd_train.csvimages.SkippedImages of each CSV dataset open_clip_train builds
 
     def train_one_epoch(self, model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
                         tb_writer=None):
@@ -129,8 +137,16 @@ class _Run:
         _seed_epoch(args.seed, epoch)
         loop_model, loop_loss = for_loop(model, self.teacher.for_epoch(unwrap(model), epoch), self.loss,
                                          args.accum_freq)
-        self.original(loop_model, data, loop_loss, epoch, optimizer, scaler, scheduler, dist_model, args,
-                      tb_writer=tb_writer)
+        try:
+            self.original(loop_model, data, loop_loss, epoch, optimizer, scaler, scheduler, dist_model, args,
+                          tb_writer=tb_writer)
+        except TooManySkippedImages:
+            # raised in a DataLoader worker, it arrives with the worker's traceback in its message;
+            # the counts are shared, so the same one-line error is rebuilt here
+            exceeded = [skips for skips in self.skipped_images if skips.exceeded()]
+            if not exceeded:
+                raise
+            raise exceeded[0].error() from None
         self._end_epoch(model, epoch, optimizer, scaler, args, tb_writer)
 
     # first call: the loss, the teacher, resumed state, log files, hooks
@@ -149,6 +165,7 @@ class _Run:
                 logging.warning(f"{args.resume} holds no PSD state: the schedules restart at step 0 "
                                 "and the teacher starts from the student")
             else:
+                self._check_schedule(state, args.resume)
                 self.loss.load_state_dict(state["loss"])
                 self.teacher.load_state_dict(state["teacher"], unwrap(model))
         self.log_dir = os.path.join(args.logs, args.name) if args.logs else None
@@ -156,11 +173,32 @@ class _Run:
             truncate_csv(os.path.join(self.log_dir, STEPS_CSV), "step", self.step)
             truncate_csv(os.path.join(self.log_dir, METRICS_CSV), "epoch", start_epoch)
         self.loss.register_forward_pre_hook(self._before_loss)
+        self._backend_hook = self.loss.register_forward_pre_hook(self._log_backend, with_kwargs=True)
         self.loss.register_forward_hook(self._after_loss)
         optimizer.register_step_post_hook(self._after_step)
         if self.psd.psd_progress and args.rank == 0:
             self.progress = tqdm(total=args.epochs * self.steps_per_epoch, initial=self.step, desc=args.name,
                                  unit="step", dynamic_ncols=True)
+
+    def _check_schedule(self, state: dict, resumed: str) -> None:
+        """A resume with other schedule flags than the checkpoint's stops, unless --psd-allow-schedule-change."""
+        changes = schedule_changes(state, schedule_flags(self.psd), self.loss.get_extra_state())
+        if not changes:
+            return
+        listed = "; ".join(changes)
+        if not self.psd.psd_allow_schedule_change:
+            raise CheckpointError(f"--resume {resumed}: the PSD schedule differs from the checkpoint's: {listed}; "
+                                  "resume with the checkpoint's values, or pass --psd-allow-schedule-change to "
+                                  "continue with the new ones")
+        logging.warning(f"--resume {resumed}: continuing with a PSD schedule that differs from the checkpoint's "
+                        f"(--psd-allow-schedule-change): {listed}")
+
+    def _log_backend(self, module, args, kwargs):
+        """Once, at the first loss call: which backend --psd-backend resolved to for these features."""
+        features = kwargs["image_features"] if "image_features" in kwargs else args[0]
+        logging.info(f"psd_train: PSD loss backend {backend_in_use(module, features)} (--psd-backend "
+                     f"{module.backend}; {features.dtype} features on {features.device})")
+        self._backend_hook.remove()
 
     def _before_loss(self, module, inputs):
         self.last["alpha"] = module.current_alpha()
@@ -188,6 +226,10 @@ class _Run:
 
     def _end_epoch(self, model, epoch, optimizer, scaler, args, tb_writer):
         done = epoch + 1
+        for skips in self.skipped_images:
+            if skips.skipped:
+                logging.warning(f"{skips.label}: {skips.skipped} of {skips.read} images read so far were missing "
+                                "or did not decode and were skipped")
         if args.save_logs:
             append_csv_rows(os.path.join(self.log_dir, STEPS_CSV), STEP_FIELDS, self.steps_rows)
             if tb_writer is not None:
@@ -211,7 +253,8 @@ class _Run:
                         json.dump(self.metrics, f, indent=1)
         if args.save_logs:
             checkpoint = {"epoch": done, "name": args.name, "state_dict": model_state(model),
-                          "optimizer": optimizer.state_dict(), "psd": psd_state(self.loss, self.teacher)}
+                          "optimizer": optimizer.state_dict(),
+                          "psd": psd_state(self.loss, self.teacher, schedule_flags(self.psd))}
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
             atomic_save(checkpoint, os.path.join(args.checkpoint_path, PSD_CHECKPOINT_NAME))

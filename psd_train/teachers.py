@@ -17,11 +17,12 @@ features reach the loss beside the student's (psd_train.feed), with or without
 from __future__ import annotations
 
 import copy
+import pickle
 
 import torch
 from torch import nn
 
-from psd_train.checkpoint import CheckpointError
+from psd_train.checkpoint import CheckpointError, refused
 
 
 class TeacherView(nn.Module):
@@ -108,11 +109,17 @@ class Teacher:
 
 
 def load_distill_model(name: str, pretrained: str, args) -> nn.Module:
-    """The frozen --distill-model, built as open_clip_train 3.3.0 builds it (same device and precision)."""
+    """The frozen --distill-model, built as open_clip_train 3.3.0 builds it (same device and precision),
+    with the checkpoint loaded by torch.load(weights_only=True)."""
     import open_clip
 
-    model, _, _ = open_clip.create_model_and_transforms(name, pretrained, device=args.device,
-                                                        precision=args.precision, output_dict=True,
-                                                        cache_dir=args.cache_dir)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained, device=args.device,
+                                                            precision=args.precision, output_dict=True,
+                                                            cache_dir=args.cache_dir, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not str(exc).startswith("Weights only load failed"):
+            raise
+        raise refused(f"--distill-pretrained {pretrained}", exc) from None
     model.requires_grad_(False)
     return model.eval()

@@ -95,3 +95,54 @@ def test_metadata_declares_kernels_needs_and_the_train_extra(tmp_path):
     section, *train = requires[1].split()
     assert section == "[train]"
     assert [Requirement(r) for r in train] == [Requirement(r) for r in _setup_keyword("TRAIN_EXTRAS")]
+
+
+def _at_least_as_strict(ours, bound) -> bool:
+    """Whether the specifier set `ours` implies the single bound `bound` (<, <=, >, >=, ==)."""
+    from packaging.version import Version
+
+    limit = Version(bound.version)
+    for spec in ours:
+        version = Version(spec.version)
+        if spec.operator == "==" and bound.contains(spec.version):
+            return True
+        if bound.operator in ("<=", "<") and spec.operator in ("<=", "<"):
+            if version < limit or (version == limit and (bound.operator == "<=" or spec.operator == "<")):
+                return True
+        if bound.operator in (">=", ">") and spec.operator in (">=", ">"):
+            if version > limit or (version == limit and (bound.operator == ">=" or spec.operator == ">")):
+                return True
+    return False
+
+
+def test_train_extras_lie_inside_open_clips_training_requirements():
+    """Each package that open_clip_torch's own "training" extra bounds is bounded at least as tightly here."""
+    import importlib.metadata
+
+    from packaging.markers import default_environment
+
+    theirs = [Requirement(r) for r in importlib.metadata.requires("open_clip_torch")]
+    training = {r.name.lower(): r.specifier for r in theirs
+                if r.marker is not None and r.marker.evaluate({**default_environment(), "extra": "training"})}
+    assert "webdataset" in training and training["webdataset"], training
+    ours = {r.name.lower(): r.specifier for r in map(Requirement, _setup_keyword("TRAIN_EXTRAS"))}
+    checked = []
+    for name, bounds in training.items():
+        if name not in ours:
+            continue
+        for bound in bounds:
+            assert bound.operator in ("<", "<=", ">", ">=", "=="), (name, bound)
+            assert _at_least_as_strict(ours[name], bound), f"{name}: ours {ours[name]}, open_clip's {bounds}"
+        checked.append(name)
+    assert "webdataset" in checked
+
+
+def test_strictness_helper_rejects_looser_bounds():
+    from packaging.specifiers import Specifier, SpecifierSet
+
+    assert _at_least_as_strict(SpecifierSet(">=0.2.5,<=0.2.86"), Specifier("<=0.2.86"))
+    assert _at_least_as_strict(SpecifierSet("==0.2.80"), Specifier("<=0.2.86"))
+    assert not _at_least_as_strict(SpecifierSet(">=0.2.5"), Specifier("<=0.2.86"))
+    assert not _at_least_as_strict(SpecifierSet("<=1.0.2"), Specifier("<=0.2.86"))
+    assert not _at_least_as_strict(SpecifierSet(">=0.2.4"), Specifier(">=0.2.5"))
+    assert not _at_least_as_strict(SpecifierSet("<=0.2.86"), Specifier("<0.2.86"))

@@ -53,16 +53,25 @@ def test_patched_swaps_and_restores(quiet):
     def replacement(*args, **kwargs):
         pass
 
+    import open_clip_train.data as oc_data
+
+    csv_dataset = oc_data.CsvDataset
+
+    class Dataset(csv_dataset):
+        pass
+
     ddp = torch.nn.parallel.DistributedDataParallel
-    with patched(oc_main, replacement, quiet=quiet):
+    with patched(oc_main, replacement, quiet=quiet, csv_dataset=Dataset):
         assert torch.nn.parallel.DistributedDataParallel is compat.CpuAwareDDP
         assert oc_main.train_one_epoch is replacement
+        assert oc_data.CsvDataset is Dataset
         assert oc_main.create_loss is original["create_loss"]  # never replaced
         assert (oc_main.setup_logging is not original["setup_logging"]) == quiet
         oc_main.setup_logging(None, logging.INFO)
         console = [h for h in logging.root.handlers if h not in handlers]
         assert [h.level for h in console] == [logging.WARNING if quiet else logging.NOTSET]
     assert {name: getattr(oc_main, name) for name in original} == original
+    assert oc_data.CsvDataset is csv_dataset
     assert logging.root.handlers == handlers
     assert torch.nn.parallel.DistributedDataParallel is ddp
 
