@@ -32,6 +32,13 @@ KILL_AT = 6  # the middle of epoch 1 (steps 5-8)
 KNOWN_MESSAGES = ("pin_memory", "falling back to CPU", "No pretrained weights loaded", "Reducer buckets")
 
 
+def _this_checkout() -> str:
+    """PYTHONPATH for the ranks: the worker script's folder comes first on their sys.path, not this
+    checkout, so without it they would import whatever psd_train the environment installed."""
+    return os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+                           + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("psd_demo")
@@ -62,7 +69,7 @@ def launch(out: Path, argv, kill_at_step=None):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(WORKER), str(out), *kill, "--", *argv]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _this_checkout()})
     records = {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)
                if (out / f"rank{r}.pt").exists()}
     return done.returncode, done.stdout + done.stderr, records
