@@ -153,9 +153,14 @@ CURVE_METRICS = {"zeroshot_top1": "zero-shot", "i2t_r1": "i2t R@1", "shift_mean_
 
 def load_curves(results_csv: str, method: str = "clip") -> pd.DataFrame:
     """The per-evaluation rows (psd_metrics.csv) of every finished run of `method` listed in a
-    sweep's results.csv, with its n_train, noise and seed."""
+    sweep's results.csv, with its n_train, noise and seed; for a results folder without the runs'
+    logs, its curves.csv (those rows of every method, with a method column)."""
+    folder = os.path.dirname(os.path.abspath(results_csv))
+    logs, saved = os.path.join(folder, "logs"), os.path.join(folder, "curves.csv")
+    if not os.path.isdir(logs) and os.path.isfile(saved):  # a results folder: the curves kept as one CSV
+        curves = pd.read_csv(saved)
+        return curves[curves["method"] == method].drop(columns="method").reset_index(drop=True)
     frame = pd.read_csv(results_csv)
-    logs = os.path.join(os.path.dirname(os.path.abspath(results_csv)), "logs")
     parts = []
     for r in frame[frame["method"] == method].itertuples():
         n_train = int(getattr(r, "n_train"))
@@ -183,12 +188,16 @@ def regime_tables(results_csv: str, method: str = "clip", every: int = 5) -> str
         clean = by_size[by_size["noise"] == 0].set_index(["seed", "epoch"])
         last = int(by_size["epoch"].max())
         noises = sorted(x for x in by_size["noise"].unique() if x > 0)
-        evaluated = sorted(int(e) for e in by_size["epoch"].unique())
+        # the epochs most runs evaluated: a run with another --eval-every would add one-seed rows
+        runs_per_epoch = by_size.groupby("epoch")[["noise", "seed"]].apply(lambda g: len(g.drop_duplicates()))
+        n_runs = len(by_size[["noise", "seed"]].drop_duplicates())
+        evaluated = sorted(int(e) for e, n in runs_per_epoch.items() if 2 * n > n_runs)
         epochs = evaluated if len(evaluated) <= 8 else [e for e in evaluated if e % every == 0 or e in (1, last)]
         metrics = [m for m in CURVE_METRICS if m in by_size.columns]
         seeds = sorted(int(s) for s in by_size["seed"].unique())
         out.append(f"\n### {method}, {n_train} training images: clean accuracy and noisy - clean gap over "
-                   f"epochs (points, mean ± std over seeds {seeds}, paired by seed)\n")
+                   f"epochs (points, mean ± std over seeds {seeds}, paired by seed; an epoch averages the seeds "
+                   "that evaluated it)\n")
         head = ["epoch"] + [f"{CURVE_METRICS[m]} clean" for m in metrics[:3]]
         head += [f"{CURVE_METRICS[m]} gap {p:.0%}" for p in noises for m in metrics[:3]]
         out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
