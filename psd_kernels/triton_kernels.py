@@ -71,9 +71,7 @@ _ARCH_SPILLS = (
 
 def _arch(operand) -> int:
     """Compute capability as 10 * major + minor of the device a launch runs on (cached per device),
-    0 under the interpreter; compile_check's stand-in operands carry theirs as `.arch`."""
-    if hasattr(operand, "arch"):
-        return operand.arch
+    0 under the interpreter."""
     device = operand.device
     if device.type != "cuda":
         return 0
@@ -314,7 +312,7 @@ def _direction_grad(S, T, lse, lset, g, alpha, onehot, TEACHER: tl.constexpr):
 def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                      lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
                      lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
-                     grad_ptr, ds_ptr, row_start, n_rows, n_b, D, DT,
+                     grad_ptr, ds_ptr, row_start, n_rows, n_b, stride_g, D, DT,
                      stride_a, stride_b, stride_ta, stride_tb, TUNE_N,
                      A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr,
                      LABELS_DIAG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr,
@@ -328,7 +326,7 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     direction whose queries are a's rows (statistics lse_a ..., positive column
     labels_a). B_DIR: the direction whose queries are b's rows (statistics of b's
     rows, positive row labels_b), i.e. P'_ji = exp(S_ij - lse_b[j]).
-    Program (i, j) writes G[rows, cols] to grad (n_rows, n_b, input dtype) and its
+    Program (i, j) writes G[rows, cols] to grad (n_rows x n_b, row stride stride_g, input dtype) and its
     share sum_{j in tile} G_ij d_ij of the logit-scale gradient to ds (n_col_tiles, n_rows).
     Per tile: 2 BLOCK_M BLOCK_N D FLOPs (+ D' with a separate teacher), reads the
     operand slices from L2, writes the tile once.
@@ -378,8 +376,8 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     tile_mask = row_mask[:, None] & col_mask[None, :]
     G = tl.where(tile_mask, G, 0.0)
     tl.store(ds_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(G * d, axis=1), mask=row_mask)
-    out = grad_ptr + tl.cast(pid_m * BLOCK_M, tl.int64) * n_b + col0 \
-        + (tl.arange(0, BLOCK_M)[:, None] * n_b + tl.arange(0, BLOCK_N)[None, :])
+    out = grad_ptr + tl.cast(pid_m * BLOCK_M, tl.int64) * stride_g + col0 \
+        + (tl.arange(0, BLOCK_M)[:, None] * stride_g + tl.arange(0, BLOCK_N)[None, :])
     tl.store(out, G.to(grad_ptr.dtype.element_ty), mask=tile_mask)
 
 

@@ -23,12 +23,17 @@ docs/fused_algorithm.md counts why this beats holding D-wide gradient rows in re
 
 Memory beyond inputs and outputs: O(B) statistics (6 floats per (row, column split) and 5
 per (row group, column) in the forward, 3 per row saved for the backward), the fp32
-gradient accumulators (n_a + n_b) x D, and one chunk of G (at most _GRAD_CHUNK_BYTES).
+gradient accumulators (n_a + n_b) x D, one chunk of G (at most _GRAD_CHUNK_BYTES), and
+copies of the inputs whose width is not a multiple of 16 or whose start is not 16-byte aligned.
 Any M, N, D: tiles are masked at the edges, D and D' only set the length of the K loops.
+Every width runs the specialised, pipelined kernels: _operand() hands the kernels rows whose
+width is a multiple of 16 (zero columns appended: exact, an O(B D) copy) and whose start is
+16-byte aligned, which is what Triton's binder needs to mark D, the row strides and the
+pointers divisible by 16 (vectorised, asynchronous loads; psd_kernels.compile_check).
 Autotuning: configs keyed on the swept length (power-of-two bucket, capped at 65536),
 D, D', teacher case and dtypes; PSD_TRITON_AUTOTUNE=0 runs the first config that fits.
-compile_variants() lists every kernel instance the host can launch, for
-psd_kernels.compile_check.
+psd_kernels.compile_check records the launches of this module (psd_kernels.launches) and
+compiles each one for sm_80, sm_90 and sm_100.
 
 Use it through the public API: psd_kernels.psd_loss(..., backend="triton").
 Teacher tensors never receive a gradient, even if they require one.
@@ -210,34 +215,41 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
     a_dir / b_dir: None or (lse, lset, g, alpha, labels) of the direction whose queries are
     a's rows / b's rows (labels None on the diagonal). Per chunk of a's rows: the G tiles
     (_psd_grad_kernel), then da_chunk = s G b and db += s G^T a_chunk (_gemm_kernel).
+    G's columns, and so b's rows in the products, run to n_b rounded up to a multiple of 16,
+    the extra ones zero: the products' G loads then see a row stride and a masked length
+    divisible by 16 (asynchronous at any n_b), and the zeros change no sum.
     """
     n_a, n_b = a.shape[0], b.shape[0]
+    n_b16 = triton.cdiv(n_b, 16) * 16
+    b16 = b if n_b16 == n_b else torch.nn.functional.pad(b, (0, 0, 0, n_b16 - n_b))
     da = torch.empty(a.shape, device=a.device, dtype=torch.float32) if need_da else None
-    db = torch.empty(b.shape, device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
+    db = torch.empty((n_b16, b.shape[1]), device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
     ds = torch.zeros((), device=a.device, dtype=torch.float32)
     dummy = (scale,) * 5
     sa = tuple(scale if t is None else t for t in (a_dir or dummy))
     sb = tuple(scale if t is None else t for t in (b_dir or dummy))
     ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
-    chunk = _chunk_rows(n_a, n_b, a.element_size())
+    chunk = _chunk_rows(n_a, n_b16, a.element_size())
     scale32 = scale.float().reshape(1)
     for r0 in range(0, n_a, chunk):
         rows = min(chunk, n_a - r0)
-        grad = torch.empty((rows, n_b), device=a.device, dtype=a.dtype)
+        grad = torch.empty((rows, n_b16), device=a.device, dtype=a.dtype)
+        grad[:, n_b:].zero_()  # the kernel writes columns < n_b
         ds_tiles = torch.empty((triton.cdiv(n_b, _MIN_BLOCK_N), rows), device=a.device, dtype=torch.float32)
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_b, meta["BLOCK_N"]))  # noqa: E731,B023
         meta = {}
         _launch(K._psd_grad_kernel, grid,
-                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, r0, rows, n_b, a.shape[1],
+                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, r0, rows, n_b, grad.stride(0), a.shape[1],
                  ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
                 A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, LABELS_DIAG=diag,
                 record=meta, **_common(a, ta if teacher == 2 else None))
         if need_ds:  # only the first n_b / BLOCK_N rows of ds_tiles were written
             ds += ds_tiles[:triton.cdiv(n_b, meta["BLOCK_N"])].sum()
         if need_da:
-            _gemm(grad, b, da[r0:r0 + rows], scale32, accumulate=False)
+            _gemm(grad, b16, da[r0:r0 + rows], scale32, accumulate=False)
         if need_db:
             _gemm(grad.T, a[r0:r0 + rows], db, scale32, accumulate=r0 > 0)
+    db = None if db is None else db[:n_b]
     return (None if da is None else da.to(a.dtype), None if db is None else db.to(b.dtype), ds)
 
 
@@ -289,14 +301,29 @@ class _PSDFunction(torch.autograd.Function):
         return (dx, dy, ds.to(s.dtype) if need_ds else None) + (None,) * 8
 
 
+def _operand(t: torch.Tensor) -> torch.Tensor:
+    """t as the kernels read it: contiguous, 16-byte aligned, its width a multiple of 16.
+
+    Triton's binder marks ints divisible by 16 and 16-byte aligned pointers; only with D, the row
+    strides and the pointers marked are the rows' loads vectorised and pipelined (cp.async) and the
+    tiles free of spills. Zero columns add nothing to any dot product, so the padded width gives
+    the same scores; the copy is O(B D) and differentiable (the gradient is sliced back to t's width).
+    """
+    pad = -t.shape[1] % 16
+    if pad:
+        return torch.nn.functional.pad(t, (0, pad))
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _teacher_args(teacher_x, teacher_y, teacher_scale):
     """(TEACHER case, x~, y~, s~) for the kernels: 0 self at the same scale, 1 self at s~, 2 separate."""
     if teacher_x is not None:
         teacher = 2
     else:
         teacher = 0 if teacher_scale is None else 1
-    tx = teacher_x.detach().contiguous() if teacher == 2 else None
-    ty = teacher_y.detach().contiguous() if teacher == 2 else None
+    tx = _operand(teacher_x.detach()) if teacher == 2 else None
+    ty = _operand(teacher_y.detach()) if teacher == 2 else None
     ts = None if teacher_scale is None else teacher_scale.float()
     return teacher, tx, ty, ts
 
@@ -304,82 +331,12 @@ def _teacher_args(teacher_x, teacher_y, teacher_scale):
 def psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale):
     """Per-row losses of one direction (backend contract of psd_kernels.backends), fp32."""
     teacher, tx, ty, ts = _teacher_args(teacher_x, teacher_y, teacher_scale)
-    return _PSDFunction.apply(x.contiguous(), y.contiguous(), scale, alpha.contiguous(), alpha.contiguous(),
+    return _PSDFunction.apply(_operand(x), _operand(y), scale, alpha.contiguous(), alpha.contiguous(),
                               labels.contiguous(), tx, ty, ts, teacher, False)
 
 
 def clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale):
     """(2, B) per-row losses of both directions on one B x B matrix (diagonal positives), one sweep."""
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
-    return _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
+    return _PSDFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
                               alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
-
-
-# ---- every launch the host can make, for psd_kernels.compile_check ---------------------------
-_TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-_TEACHER_CASES = {"self": 0, "self_scaled": 1, "separate": 2}
-
-
-class _Operand:
-    """What the prune functions read of a tensor argument: its element size and target arch."""
-
-    def __init__(self, dtype, arch: int):
-        self.dtype = dtype
-        self.arch = arch
-
-    def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
-
-
-def compile_variants(dtype: str, d: int, teacher: str, arch: int) -> list:
-    """compile_check.Variant for every kernel instance this module can launch at embedding dim
-    `d` (and D' = d for a separate teacher) on sm_<arch>: each constexpr combination the host
-    passes and each autotune config the prune function keeps there. Scalars are taken as the JIT sees them at
-    large batch: pointers 16-byte aligned, D, D' and row strides divisible by 16 when they are,
-    unit strides specialised to the constant 1."""
-    from psd_kernels.compile_check import Variant
-    torch_dtype = {v: k for k, v in _TYPE_NAMES.items()}[dtype]
-    case = _TEACHER_CASES[teacher]
-    fp32 = torch_dtype == torch.float32
-    precision = "ieee" if fp32 else None
-    block_k = _block_k(d, torch_dtype)
-    block_kt = block_k if case == 2 else 16
-    dims = ("D", "DT", "stride_a", "stride_b", "stride_ta", "stride_tb") if d % 16 == 0 else ()
-    ptr = "*" + dtype
-    variants = []
-
-    def add(name, kernel, consts, pointer_types, divisible_ints, unit=()):
-        fn = kernel.fn
-        consts = dict(consts, **{k: 1 for k in unit})
-        signature = {a: "constexpr" if a in consts or a in ("BLOCK_M", "BLOCK_N", "BLOCK_K")
-                     else pointer_types.get(a, "i32") for a in fn.arg_names}
-        kept = kernel.early_config_prune(kernel.configs, {"a_ptr": _Operand(torch_dtype, arch)}, **consts)
-        for config in kept:
-            variants.append(Variant(name, f"{K.__name__}:{kernel.fn.__name__}", signature,
-                                    dict(consts, **config.kwargs), config.num_warps, config.num_stages,
-                                    tuple(pointer_types) + divisible_ints))
-
-    common = dict(TEACHER=case, BLOCK_K=block_k, BLOCK_KT=block_kt, DOT_FP32=False, PRECISION=precision)
-    operands = {n: ptr for n in ("a_ptr", "b_ptr", "ta_ptr", "tb_ptr")}
-    floats = dict(scale_ptr="*fp32", tscale_ptr="*fp32")
-    # forward: one direction (labels), the symmetric loss's second sweep, and for a self teacher
-    # at the student's scale its one sweep with column partials
-    fwd_types = dict(operands, labels_ptr="*i64", part_ptr="*fp32", colpart_ptr="*fp32", **floats)
-    forwards = ((False, False, "fwd"), (True, False, "fwd_sym2")) + (((True, True, "fwd_sym"),) if case == 0 else ())
-    for diag, col_stats, label in forwards:
-        add(label, K._psd_fwd_kernel, dict(common, LABELS_DIAG=diag, COL_STATS=col_stats), fwd_types, dims)
-    # gradient tiles: one direction, and both directions of the symmetric loss
-    stats = {f"{k}_{side}_ptr": "*fp32" for k in ("lse", "lset", "g", "alpha") for side in "ab"}
-    grad_types = dict(operands, labels_a_ptr="*i64", labels_b_ptr="*i64", grad_ptr=ptr, ds_ptr="*fp32",
-                      **stats, **floats)
-    for a_dir, b_dir, diag, label in ((True, False, False, "grad"), (True, True, True, "grad_sym")):
-        add(label, K._psd_grad_kernel, dict(common, A_DIR=a_dir, B_DIR=b_dir, LABELS_DIAG=diag), grad_types,
-            dims)
-    # products: da = s G b (G row-major) and db += s G^T a (G read transposed)
-    gemm_types = dict(a_ptr=ptr, b_ptr=ptr, c_ptr="*fp32", alpha_ptr="*fp32")
-    gemm = dict(DOT_FP32=False, PRECISION=precision)
-    add("gemm_da", K._gemm_kernel, dict(gemm, ACCUMULATE=False), gemm_types,
-        ("K", "stride_am", "stride_bk", "stride_cm"), unit=("stride_ak", "stride_bn"))
-    add("gemm_db", K._gemm_kernel, dict(gemm, ACCUMULATE=True), gemm_types,
-        ("stride_ak", "stride_bk", "stride_cm"), unit=("stride_am", "stride_bn"))
-    return variants
