@@ -66,6 +66,7 @@ _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
     (100, "fwd", dict(TEACHER=1), (64, 32)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
+    (80, "grad", dict(B_DIR=True, TEACHER=0), (128, 64)),  # 8 bytes when n_b is not a multiple of 16
 )
 
 
