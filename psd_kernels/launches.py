@@ -42,11 +42,12 @@ class Case:
     dt: int = 0
     symmetric: bool = True
     offset: bool = False         # inputs that start 2 bytes into an allocation (not 16-byte aligned)
+    reduction: str = "none"      # "none" (per-row upstream gradients) or "mean"
 
     def __str__(self):
         width = f"D={self.d}" + (f" D'={self.dt}" if self.teacher == "separate" else "")
         return (f"{'clip' if self.symmetric else 'one-direction'} B={self.b} {width} {self.teacher} {self.dtype}"
-                + (" offset" if self.offset else ""))
+                + (" offset" if self.offset else "") + (f" {self.reduction}" if self.reduction != "none" else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Launch:
 
 def cases(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHERS) -> list:
     """The matrix for one dtype: every B, D and teacher case, symmetric and one-direction, aligned
-    and offset inputs; a separate teacher at D' = D and, at D = 512, at every other D'."""
+    and offset inputs, reductions "none" and "mean"; a separate teacher at D' = D and, at D = 512,
+    at every other D'."""
     out = []
     for b in batches:
         for d in dims:
@@ -94,7 +96,8 @@ def cases(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHERS) -> list:
                 for dt in widths:
                     for symmetric in (True, False):
                         for offset in (False, True):
-                            out.append(Case(dtype, b, d, teacher, dt, symmetric, offset))
+                            for reduction in ("none", "mean"):
+                                out.append(Case(dtype, b, d, teacher, dt, symmetric, offset, reduction))
     return out
 
 
@@ -121,11 +124,12 @@ def run_case(case: Case) -> None:
     if case.symmetric:
         if case.teacher == "within_modality":
             kwargs["teacher_mode"] = "within_modality"
-        loss = psd_kernels.psd_clip_loss(x, y, scale, alpha_image=0.3, reduction="none", backend="triton", **kwargs)
+        loss = psd_kernels.psd_clip_loss(x, y, scale, alpha_image=0.3, reduction=case.reduction, backend="triton",
+                                         **kwargs)
     else:
-        if case.teacher == "within_modality":
+        if case.teacher == "within_modality":  # as the assembly's image rows: caption-caption targets
             kwargs.update(teacher_x=y.detach(), teacher_y=y.detach())
-        loss = psd_kernels.psd_loss(x, y, scale, alpha=0.3, reduction="none", backend="triton", **kwargs)
+        loss = psd_kernels.psd_loss(x, y, scale, alpha=0.3, reduction=case.reduction, backend="triton", **kwargs)
     loss.sum().backward()
 
 
