@@ -123,9 +123,9 @@ def test_recorded_launches_cover_every_kernel_with_the_binders_specialisation():
 @pytest.mark.timeout(600)
 def test_kept_configs_do_not_spill_and_run_on_the_tensor_cores():
     subset = dict(batches=(4097, 32768), dims=(500, 768), teachers=("separate", "self"), jobs=2)
-    rows, waves = compile_check.run(archs=(90, 100), dtypes=("bf16",), **subset)
+    rows = compile_check.run(archs=(90, 100), dtypes=("bf16",), **subset)[0]
     rows += compile_check.run(archs=(80,), dtypes=("fp16",), **subset)[0]
-    assert {r["kernel"] for r in rows} == {"fwd", "grad", "gemm"} and waves
+    assert {r["kernel"] for r in rows} == {"fwd", "grad", "gemm"}
     bad = [f"{r['kernel']} sm_{r['arch']} {r['dtype']} {r['flags']} {r['config']}: {'; '.join(r['failures'])}"
            for r in rows if r["failures"]]
     assert not bad, "\n".join(bad)
