@@ -10,6 +10,14 @@ data_ptr() is its byte offset, so a launch's pointers keep the alignment they ha
 the real ones. During a recording the device looks like sm_<arch> with `sms` SMs to the host
 code and to the prune functions.
 
+Both reductions that launch different kernels are recorded: "none", and "mean", which takes a
+backend's fused weighted path where it has one (psd_kernels.triton_psd.clip_weighted_loss: for
+the symmetric loss with a teacher of statistics of its own, the one forward sweep with column
+partials and the gradient tiles with the cross terms, CROSS, formed in the forward). "sum"
+launches exactly what "mean" does (only the host-side weight differs), so it is not recorded.
+Products whose output tiles are too few for the SMs split K over a third grid axis; the host
+decides that from the recorded device's SM count, so the recording sees it.
+
 For an autotuned kernel every config its prune function keeps is recorded (the autotuner
 could pick any of them). Each launch is then specialised with Triton's own binder for the
 target, as JITFunction.run does before it compiles: ints that are multiples of 16 and pointers
@@ -42,7 +50,7 @@ class Case:
     dt: int = 0
     symmetric: bool = True
     offset: bool = False         # inputs that start 2 bytes into an allocation (not 16-byte aligned)
-    reduction: str = "none"      # "none" (per-row upstream gradients) or "mean"
+    reduction: str = "none"      # "none" (per-row upstream gradients) or "mean" (the fused path; "sum" launches the same)
 
     def __str__(self):
         width = f"D={self.d}" + (f" D'={self.dt}" if self.teacher == "separate" else "")
