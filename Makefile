@@ -24,8 +24,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/benchmark_psd_loss.py --preset cpu
 
-# Every Triton kernel variant compiled for sm_80, sm_90 and sm_100 (no GPU needed): registers,
-# spills, shared memory, tensor-core instruction; then the C++ CUDA kernels of the extension.
+# Every Triton kernel launch of the public API (recorded on meta tensors, specialised as Triton's
+# binder does) compiled for sm_80, sm_90 and sm_100 (no GPU needed): registers, spills, shared
+# memory, tensor-core dots, asynchronous loads, CTAs per SM, waves; then the extension's CUDA kernels.
 compile-check: $(STAMP)
 	$(PY) -m psd_kernels.compile_check --jobs 2 --cpp
 

@@ -75,14 +75,13 @@ _ARCH_SPILLS = (
     (100, "grad", dict(CROSS=True), (128, 64)),
     (100, "grad", dict(CROSS=True), (64, 64)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
+    (80, "grad", dict(B_DIR=True, TEACHER=0), (128, 64)),  # 8 bytes when n_b is not a multiple of 16
 )
 
 
 def _arch(operand) -> int:
     """Compute capability as 10 * major + minor of the device a launch runs on (cached per device),
-    0 under the interpreter; compile_check's stand-in operands carry theirs as `.arch`."""
-    if hasattr(operand, "arch"):
-        return operand.arch
+    0 under the interpreter."""
     device = operand.device
     if device.type != "cuda":
         return 0
@@ -333,7 +332,7 @@ def _direction_grad(P, R, g, alpha, onehot, TEACHER: tl.constexpr):
 def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
                      lse_a_ptr, lset_a_ptr, g_a_ptr, alpha_a_ptr, labels_a_ptr,
                      lse_b_ptr, lset_b_ptr, g_b_ptr, alpha_b_ptr, labels_b_ptr,
-                     grad_ptr, ds_ptr, wrow_ptr, wcol_ptr, row_start, n_rows, n_b, D, DT,
+                     grad_ptr, ds_ptr, wrow_ptr, wcol_ptr, row_start, n_rows, n_b, stride_g, D, DT,
                      stride_a, stride_b, stride_ta, stride_tb, TUNE_N,
                      A_DIR: tl.constexpr, B_DIR: tl.constexpr, TEACHER: tl.constexpr, CROSS: tl.constexpr,
                      LABELS_DIAG: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KT: tl.constexpr,
@@ -347,7 +346,7 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     direction whose queries are a's rows (statistics lse_a ..., positive column
     labels_a). B_DIR: the direction whose queries are b's rows (statistics of b's
     rows, positive row labels_b), i.e. P'_ji = exp(S_ij - lse_b[j]).
-    Program (i, j) writes G[rows, cols] to grad (n_rows, n_b, input dtype) and its
+    Program (i, j) writes G[rows, cols] to grad (n_rows x n_b, row stride stride_g, input dtype) and its
     share sum_{j in tile} G_ij d_ij of the logit-scale gradient to ds (n_col_tiles, n_rows).
     CROSS (a teacher with statistics of its own, whose forward sweep left the cross terms out):
     also the tile's shares of E_R[S_i] = sum_j R_ij S_ij to wrow (n_col_tiles, n_rows) and of
@@ -415,8 +414,8 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     tile_mask = row_mask[:, None] & col_mask[None, :]
     G = tl.where(tile_mask, G, 0.0)
     tl.store(ds_ptr + tl.cast(pid_n, tl.int64) * n_rows + local, tl.sum(G * d, axis=1), mask=row_mask)
-    out = grad_ptr + tl.cast(pid_m * BLOCK_M, tl.int64) * n_b + col0 \
-        + (tl.arange(0, BLOCK_M)[:, None] * n_b + tl.arange(0, BLOCK_N)[None, :])
+    out = grad_ptr + tl.cast(pid_m * BLOCK_M, tl.int64) * stride_g + col0 \
+        + (tl.arange(0, BLOCK_M)[:, None] * stride_g + tl.arange(0, BLOCK_N)[None, :])
     tl.store(out, G.to(grad_ptr.dtype.element_ty), mask=tile_mask)
 
 

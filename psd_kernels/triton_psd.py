@@ -29,12 +29,17 @@ docs/fused_algorithm.md counts why this beats holding D-wide gradient rows in re
 
 Memory beyond inputs and outputs: O(B) statistics (6 floats per (row, column split) and 5
 per (row group, column) in the forward, 3 per row saved for the backward), the fp32
-gradient accumulators (n_a + n_b) x D, and one chunk of G (at most _GRAD_CHUNK_BYTES).
+gradient accumulators (n_a + n_b) x D, one chunk of G (at most _GRAD_CHUNK_BYTES), and
+copies of the inputs whose width is not a multiple of 16 or whose start is not 16-byte aligned.
 Any M, N, D: tiles are masked at the edges, D and D' only set the length of the K loops.
+Every width runs the specialised, pipelined kernels: _operand() hands the kernels rows whose
+width is a multiple of 16 (zero columns appended: exact, an O(B D) copy) and whose start is
+16-byte aligned, which is what Triton's binder needs to mark D, the row strides and the
+pointers divisible by 16 (vectorised, asynchronous loads; psd_kernels.compile_check).
 Autotuning: configs keyed on the swept length (power-of-two bucket, capped at 65536),
 D, D', teacher case and dtypes; PSD_TRITON_AUTOTUNE=0 runs the first config that fits.
-compile_variants() lists every kernel instance the host can launch, for
-psd_kernels.compile_check.
+psd_kernels.compile_check records the launches of this module (psd_kernels.launches) and
+compiles each one for sm_80, sm_90 and sm_100.
 
 Use it through the public API: psd_kernels.psd_loss(..., backend="triton").
 Teacher tensors never receive a gradient, even if they require one.
@@ -252,10 +257,15 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
     multiplies the products' alpha and ds, so G itself stays at the scale of g (P - Q).
     `cross` (a teacher with statistics of its own): the tiles also sum R * S along their rows
     and columns, the cross terms E_R[S] that the one-sweep forward left out.
+    G's columns, and so b's rows in the products, run to n_b rounded up to a multiple of 16,
+    the extra ones zero: the products' G loads then see a row stride and a masked length
+    divisible by 16 (asynchronous at any n_b), and the zeros change no sum.
     """
     n_a, n_b = a.shape[0], b.shape[0]
+    n_b16 = triton.cdiv(n_b, 16) * 16
+    b16 = b if n_b16 == n_b else torch.nn.functional.pad(b, (0, 0, 0, n_b16 - n_b))
     da = torch.empty(a.shape, device=a.device, dtype=torch.float32) if need_da else None
-    db = torch.empty(b.shape, device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
+    db = torch.empty((n_b16, b.shape[1]), device=a.device, dtype=torch.float32) if need_db else None  # first chunk writes
     ds = torch.zeros((), device=a.device, dtype=torch.float32)
     w_rows = torch.empty(n_a, device=a.device, dtype=torch.float32) if cross else None
     w_cols = torch.zeros(n_b, device=a.device, dtype=torch.float32) if cross else None
@@ -263,11 +273,12 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
     sa = tuple(scale if t is None else t for t in (a_dir or dummy))
     sb = tuple(scale if t is None else t for t in (b_dir or dummy))
     ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
-    chunk = _chunk_rows(n_a, n_b, a.element_size())
+    chunk = _chunk_rows(n_a, n_b16, a.element_size())
     alpha32 = (scale.float() * weight).reshape(1)
     for r0 in range(0, n_a, chunk):
         rows = min(chunk, n_a - r0)
-        grad = torch.empty((rows, n_b), device=a.device, dtype=a.dtype)
+        grad = torch.empty((rows, n_b16), device=a.device, dtype=a.dtype)
+        grad[:, n_b:].zero_()  # the kernel writes columns < n_b
         ds_tiles = torch.empty((triton.cdiv(n_b, _MIN_BLOCK_N), rows), device=a.device, dtype=torch.float32)
         wrow = torch.empty_like(ds_tiles) if cross else ds_tiles
         wcol = torch.empty((triton.cdiv(rows, _MIN_BLOCK_M), n_b), device=a.device, dtype=torch.float32) \
@@ -275,8 +286,8 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_b, meta["BLOCK_N"]))  # noqa: E731,B023
         meta = {}
         _launch(K._psd_grad_kernel, grid,
-                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, wrow, wcol, r0, rows, n_b, a.shape[1],
-                 ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
+                (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, wrow, wcol, r0, rows, n_b, grad.stride(0),
+                 a.shape[1], ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
                 A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, CROSS=cross, LABELS_DIAG=diag,
                 record=meta, **_common(a, ta if teacher == 2 else None))
         if need_ds:  # only the first n_b / BLOCK_N rows of ds_tiles were written
@@ -285,9 +296,10 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
             w_rows[r0:r0 + rows] = wrow[:triton.cdiv(n_b, meta["BLOCK_N"])].sum(dim=0)
             w_cols += wcol[:triton.cdiv(rows, meta["BLOCK_M"])].sum(dim=0)
         if need_da:
-            _gemm(grad, b, da[r0:r0 + rows], alpha32, accumulate=False)
+            _gemm(grad, b16, da[r0:r0 + rows], alpha32, accumulate=False)
         if need_db:
             _gemm(grad.T, a[r0:r0 + rows], db, alpha32, accumulate=r0 > 0)
+    db = None if db is None else db[:n_b]
     grads = (None if da is None else da.to(a.dtype), None if db is None else db.to(b.dtype), ds * weight)
     return grads + ((w_rows, w_cols),) if cross else grads
 
@@ -380,14 +392,29 @@ class _ClipWeightedFunction(torch.autograd.Function):
         return (dx, dy, (g * ds).to(ctx.scale_dtype)) + (None,) * 8
 
 
+def _operand(t: torch.Tensor) -> torch.Tensor:
+    """t as the kernels read it: contiguous, 16-byte aligned, its width a multiple of 16.
+
+    Triton's binder marks ints divisible by 16 and 16-byte aligned pointers; only with D, the row
+    strides and the pointers marked are the rows' loads vectorised and pipelined (cp.async) and the
+    tiles free of spills. Zero columns add nothing to any dot product, so the padded width gives
+    the same scores; the copy is O(B D) and differentiable (the gradient is sliced back to t's width).
+    """
+    pad = -t.shape[1] % 16
+    if pad:
+        return torch.nn.functional.pad(t, (0, pad))
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _teacher_args(teacher_x, teacher_y, teacher_scale):
     """(TEACHER case, x~, y~, s~) for the kernels: 0 self at the same scale, 1 self at s~, 2 separate."""
     if teacher_x is not None:
         teacher = 2
     else:
         teacher = 0 if teacher_scale is None else 1
-    tx = teacher_x.detach().contiguous() if teacher == 2 else None
-    ty = teacher_y.detach().contiguous() if teacher == 2 else None
+    tx = _operand(teacher_x.detach()) if teacher == 2 else None
+    ty = _operand(teacher_y.detach()) if teacher == 2 else None
     ts = None if teacher_scale is None else teacher_scale.float()
     return teacher, tx, ty, ts
 
@@ -395,14 +422,14 @@ def _teacher_args(teacher_x, teacher_y, teacher_scale):
 def psd_rows(x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale):
     """Per-row losses of one direction (backend contract of psd_kernels.backends), fp32."""
     teacher, tx, ty, ts = _teacher_args(teacher_x, teacher_y, teacher_scale)
-    return _PSDFunction.apply(x.contiguous(), y.contiguous(), scale, alpha.contiguous(), alpha.contiguous(),
+    return _PSDFunction.apply(_operand(x), _operand(y), scale, alpha.contiguous(), alpha.contiguous(),
                               labels.contiguous(), tx, ty, ts, teacher, False)
 
 
 def clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text, teacher_scale):
     """(2, B) per-row losses of both directions on one B x B matrix (diagonal positives), one sweep."""
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
-    return _PSDFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
+    return _PSDFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
                               alpha_text.contiguous(), None, ti, tt, ts, teacher, True)
 
 
@@ -416,78 +443,6 @@ def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_imag
     if teacher == 0 or not any(needs) or _column_stats_mode() != "partials":
         return weight * clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
                                   teacher_scale).sum()
-    return _ClipWeightedFunction.apply(image.contiguous(), text.contiguous(), scale, alpha_image.contiguous(),
+    return _ClipWeightedFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
                                        alpha_text.contiguous(), ti, tt, ts, teacher, float(weight), needs)
 
-
-# ---- every launch the host can make, for psd_kernels.compile_check ---------------------------
-_TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-_TEACHER_CASES = {"self": 0, "self_scaled": 1, "separate": 2}
-
-
-class _Operand:
-    """What the prune functions read of a tensor argument: its element size and target arch."""
-
-    def __init__(self, dtype, arch: int):
-        self.dtype = dtype
-        self.arch = arch
-
-    def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
-
-
-def compile_variants(dtype: str, d: int, teacher: str, arch: int) -> list:
-    """compile_check.Variant for every kernel instance this module can launch at embedding dim
-    `d` (and D' = d for a separate teacher) on sm_<arch>: each constexpr combination the host
-    passes and each autotune config the prune function keeps there. Scalars are taken as the JIT sees them at
-    large batch: pointers 16-byte aligned, D, D' and row strides divisible by 16 when they are,
-    unit strides specialised to the constant 1."""
-    from psd_kernels.compile_check import Variant
-    torch_dtype = {v: k for k, v in _TYPE_NAMES.items()}[dtype]
-    case = _TEACHER_CASES[teacher]
-    fp32 = torch_dtype == torch.float32
-    precision = "ieee" if fp32 else None
-    block_k = _block_k(d, torch_dtype)
-    block_kt = block_k if case == 2 else 16
-    dims = ("D", "DT", "stride_a", "stride_b", "stride_ta", "stride_tb") if d % 16 == 0 else ()
-    ptr = "*" + dtype
-    variants = []
-
-    def add(name, kernel, consts, pointer_types, divisible_ints, unit=()):
-        fn = kernel.fn
-        consts = dict(consts, **{k: 1 for k in unit})
-        signature = {a: "constexpr" if a in consts or a in ("BLOCK_M", "BLOCK_N", "BLOCK_K")
-                     else pointer_types.get(a, "i32") for a in fn.arg_names}
-        kept = kernel.early_config_prune(kernel.configs, {"a_ptr": _Operand(torch_dtype, arch)}, **consts)
-        for config in kept:
-            variants.append(Variant(name, f"{K.__name__}:{kernel.fn.__name__}", signature,
-                                    dict(consts, **config.kwargs), config.num_warps, config.num_stages,
-                                    tuple(pointer_types) + divisible_ints))
-
-    common = dict(TEACHER=case, BLOCK_K=block_k, BLOCK_KT=block_kt, DOT_FP32=False, PRECISION=precision)
-    operands = {n: ptr for n in ("a_ptr", "b_ptr", "ta_ptr", "tb_ptr")}
-    floats = dict(scale_ptr="*fp32", tscale_ptr="*fp32")
-    # forward: one direction (labels), the symmetric loss's second sweep ("none" with a teacher of
-    # statistics of its own), and its one sweep with column partials
-    fwd_types = dict(operands, labels_ptr="*i64", part_ptr="*fp32", colpart_ptr="*fp32", **floats)
-    forwards = ((False, False, "fwd"), (True, False, "fwd_sym2"), (True, True, "fwd_sym"))
-    for diag, col_stats, label in forwards:
-        add(label, K._psd_fwd_kernel, dict(common, LABELS_DIAG=diag, COL_STATS=col_stats), fwd_types, dims)
-    # gradient tiles: one direction, both directions of the symmetric loss, and with a teacher of
-    # statistics of its own also the symmetric loss's cross terms (the mean/sum one pass)
-    stats = {f"{k}_{side}_ptr": "*fp32" for k in ("lse", "lset", "g", "alpha") for side in "ab"}
-    grad_types = dict(operands, labels_a_ptr="*i64", labels_b_ptr="*i64", grad_ptr=ptr, ds_ptr="*fp32",
-                      wrow_ptr="*fp32", wcol_ptr="*fp32", **stats, **floats)
-    grads = ((True, False, False, False, "grad"), (True, True, True, False, "grad_sym"))
-    grads += ((True, True, True, True, "grad_cross"),) if case != 0 else ()
-    for a_dir, b_dir, diag, cross, label in grads:
-        add(label, K._psd_grad_kernel, dict(common, A_DIR=a_dir, B_DIR=b_dir, LABELS_DIAG=diag, CROSS=cross),
-            grad_types, dims)
-    # products: da = s G b (G row-major) and db += s G^T a (G read transposed)
-    gemm_types = dict(a_ptr=ptr, b_ptr=ptr, c_ptr="*fp32", alpha_ptr="*fp32")
-    gemm = dict(DOT_FP32=False, PRECISION=precision)
-    add("gemm_da", K._gemm_kernel, dict(gemm, ACCUMULATE=False), gemm_types,
-        ("K", "k_split", "stride_am", "stride_bk", "stride_cm", "stride_cs"), unit=("stride_ak", "stride_bn"))
-    add("gemm_db", K._gemm_kernel, dict(gemm, ACCUMULATE=True), gemm_types,
-        ("stride_ak", "stride_bk", "stride_cm", "stride_cs"), unit=("stride_am", "stride_bn"))
-    return variants

@@ -1,20 +1,37 @@
-"""The GPU kernels fit the hardware: compiled here for sm_80 / sm_90 (no GPU needed), no autotune
-config the host may launch spills registers, exceeds shared memory, or (on sm_90) falls back to
-pre-Hopper mma.sync. A representative subset: 16-bit inputs at D = 768 (not a power of two), the
-separate teacher (the most registers: two products per tile) and the self teacher (the one-sweep
-symmetric forward). `make compile-check` runs the whole matrix.
+"""The GPU kernels as the public API launches them fit the hardware, checked without a GPU.
+
+psd_kernels.launches records the launches of psd_loss / psd_clip_loss on meta tensors and
+specialises them with Triton's binder; psd_kernels.compile_check compiles each one for
+sm_80 / sm_90 / sm_100. Here: the parsers and the occupancy arithmetic on fixed inputs, the
+recording (every kernel, widths padded, offset inputs aligned, ints specialised as Triton
+does), and a representative subset compiled: D = 500 (a padded width) and 768, B = 4097 (odd)
+and 32768, the separate teacher (the most registers) and the self teacher (the one-sweep
+forward), bf16 on sm_90 and sm_100 and fp16 on sm_80. `make compile-check` runs the whole matrix.
+The recording covers the reduction mean (and sum, which launches the same kernels): with a teacher
+of statistics of its own that is the one-sweep forward and the gradient tiles with the cross
+terms (CROSS); products whose output tiles are few split K over a third grid axis.
 
     .venv/bin/python -m pytest tests/test_compile_check.py
+
+Recording and compiling need the real @triton.jit functions, which TRITON_INTERPRET=1 replaces
+by interpreted ones; under it, test_without_the_interpreter re-runs this file in a child pytest
+with TRITON_INTERPRET unset.
 """
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 triton = pytest.importorskip("triton")
 
-from psd_kernels import compile_check  # noqa: E402
+from psd_kernels import compile_check, launches  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+compiled = pytest.mark.skipif(INTERPRETED, reason="TRITON_INTERPRET=1: test_without_the_interpreter runs this "
+                                                  "in a child pytest")
+needs_ptxas = pytest.mark.skipif(
     not os.path.isfile(compile_check._tool("ptxas")) or not os.path.isfile(compile_check._tool("cuobjdump")),
     reason="Triton's bundled ptxas/cuobjdump are missing (a Triton build without the NVIDIA backend)")
 
@@ -28,43 +45,162 @@ Resource usage:
   REG:106 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:600 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
 
+# The shape of a TTGIR: aliases, an outer loop with a synchronous load, a main loop with a dot.
+TTGIR = """#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [4, 1], instrShape = [16, 8]}>
+#blocked = #ttg.blocked<{sizePerThread = [1, 8], threadsPerWarp = [4, 8], warpsPerCTA = [4, 1], order = [1, 0]}>
+module {
+  tt.func public @k() {
+    scf.for %i = %a to %b step %c : i32 {
+      %l = tt.load %p, %m : tensor<32x!tt.ptr<f32>, #blocked1>
+      %r:2 = scf.for %k = %a to %D step %c64 iter_args(%x = %y) -> (tensor<64x32xf32, #mma>) : i32 {
+        %a1 = ttg.async_copy_global_to_local %pa, %sa mask %ma : tensor<64x64x!tt.ptr<bf16>, #blocked> -> <64x64xbf16>
+        %b1 = {LOAD}
+        scf.if %cond {
+          %q = tt.load %pq : tensor<64x!tt.ptr<f32>, #blocked1>
+        } else {
+        }
+        %d = tt.dot %a2, %b2, %x, inputPrecision = tf32 : tensor<64x64xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 2}>> * tensor<64x32xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 2}>> -> tensor<64x32xf32, {LAYOUT}>
+        scf.yield %d : tensor<64x32xf32, #mma>
+      }
+    }
+    tt.return
+  }
+}
+"""
+ASYNC = "ttg.async_copy_global_to_local %pb, %sb : tensor<32x64x!tt.ptr<bf16>, #blocked> -> <32x64xbf16>"
 
-def test_resource_usage_and_mma_parsing():
+
+def test_resource_usage_parsing():
     usage = compile_check.parse_resource_usage(CUOBJDUMP_TEXT)
     assert usage == {"_psd_fwd_kernel": {"regs": 255, "spill_bytes": 1672, "smem_static": 1024},
                      "_gemm_kernel": {"regs": 106, "spill_bytes": 0, "smem_static": 0}}
-    assert compile_check.mma_kind("wgmma.mma_async.sync.aligned.m64n64k16") == "wgmma"
-    assert compile_check.mma_kind("wgmma.mma_async ... mma.sync.aligned.m16n8k16") == "mma.sync"
-    assert compile_check.mma_kind("tcgen05.mma.cta_group::1") == "tcgen05"
-    assert compile_check.mma_kind("fma.rn.f32") == "fma"
 
 
-def test_failures_name_each_problem():
-    row = dict(arch=90, dtype="bf16", spill_bytes=24, smem=300 * 1024, mma="mma.sync")
+def test_dots_and_main_loop_loads_are_read_from_the_ttgir():
+    pipelined = TTGIR.replace("{LOAD}", ASYNC).replace("{LAYOUT}", "#mma")
+    assert compile_check.lowered_dots(pipelined, 80) == (1, 0)          # mma.sync on sm_80
+    assert compile_check.lowered_dots(pipelined, 90) == (0, 1)          # a tt.dot left on sm_90 is not wgmma
+    assert compile_check.lowered_dots(pipelined.replace("#mma>\n", "#blocked>\n"), 80) == (0, 1)  # FMA
+    wgmma = "%d = ttng.warp_group_dot %a, %b, %x {isAsync = true} : !ttg.memdesc<64x64xbf16> -> tensor<64x32xf32, #mma>"
+    assert compile_check.lowered_dots(wgmma + "\n%w = ttng.warp_group_dot_wait %d\n", 90) == (1, 0)
+    # one main loop (the inner one; the outer loop's load is not in it); its scf.if's load counts
+    assert compile_check.main_loop_loads(pipelined) == (1, 1, 2)
+    synchronous = TTGIR.replace("{LOAD}", "%b1 = tt.load %pb, %mb : tensor<32x64x!tt.ptr<bf16>, #blocked>")
+    assert compile_check.main_loop_loads(synchronous.replace("{LAYOUT}", "#mma")) == (1, 2, 1)
+
+
+def test_ctas_per_sm_and_failures():
+    assert compile_check.ctas_per_sm(90, regs=255, smem=20000, num_warps=8) == 1       # 256 x 256 regs per CTA
+    assert compile_check.ctas_per_sm(90, regs=128, smem=20000, num_warps=4) == 4       # registers: 4 x 16K
+    assert compile_check.ctas_per_sm(90, regs=64, smem=100 * 1024, num_warps=4) == 2   # shared memory
+    assert compile_check.ctas_per_sm(80, regs=32, smem=0, num_warps=1) == 32           # the CTA limit
+    row = dict(arch=90, dtype="bf16", spill_bytes=24, smem=300 * 1024, dots=2, tc_dots=1, other_dots=1,
+               main_loops=1, sync_loads=2, async_loads=0)
     why = compile_check.failures(row)
-    assert len(why) == 3 and "spills 24 bytes" in why[0] and "shared memory" in why[1] and "mma.sync" in why[2]
-    assert compile_check.failures(dict(arch=80, dtype="bf16", spill_bytes=0, smem=1000, mma="mma.sync")) == []
-    fp32 = dict(arch=90, dtype="fp32", spill_bytes=8, smem=1000, mma="fma")
-    assert compile_check.failures(fp32) == [] and "fp32" in compile_check.notes(fp32)[0]
+    assert len(why) == 4 and "shared memory" in why[0]
+    assert "1 of 2 dots not on wgmma" in why[1] and "spills 24 bytes" in why[2] and "synchronous" in why[3]
+    clean = dict(row, spill_bytes=0, smem=1000, tc_dots=2, other_dots=0, sync_loads=0, async_loads=2)
+    assert compile_check.failures(clean) == []
+    fp32 = dict(row, dtype="fp32", smem=1000)
+    assert compile_check.failures(fp32) == [] and "spills" in compile_check.notes(fp32)[0]
 
 
-def test_every_launchable_variant_is_listed():
-    from psd_kernels.triton_psd import compile_variants
-    kernels = {v.kernel for v in compile_variants("bf16", 768, "separate", 90)}
-    assert kernels == {"fwd", "fwd_sym2", "fwd_sym", "grad", "grad_sym", "grad_cross", "gemm_da", "gemm_db"}
-    # a self teacher at the student's scale: no teacher statistics, so no cross terms to form
-    assert {v.kernel for v in compile_variants("bf16", 768, "self", 90)} == kernels - {"grad_cross"}
-    fp32 = compile_variants("fp32", 768, "separate", 90)
-    assert all(v.constexprs["BLOCK_M"] * v.constexprs["BLOCK_N"] <= 64 * 64 for v in fp32 if v.kernel != "gemm_db")
+@pytest.mark.skipif(not INTERPRETED, reason="the tests run in this process")
+@pytest.mark.timeout(900)
+def test_without_the_interpreter():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                           cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-2000:]
 
 
+def _recorded(arch, **case):
+    return [launch for _, launch in launches.record(arch, compile_check.SMS[arch], [launches.Case("bf16", **case)])]
+
+
+@compiled
+def test_recorded_launches_cover_every_kernel_with_the_binders_specialisation():
+    """An odd batch, a padded width and offset inputs: every forward, gradient and product
+    launch, each kept config, the first chunk's dy product (A transposed, not accumulating);
+    the embeddings reach the kernels 16-byte aligned with a width divisible by 16."""
+    rec = _recorded(90, b=4097, d=500, teacher="separate", dt=100, offset=True)
+    names = {(launch.source.split(":")[1], launch.constexpr("stride_am"), launch.constexpr("ACCUMULATE"))
+             for launch in rec}
+    assert names == {("_psd_fwd_kernel", None, None), ("_psd_grad_kernel", None, None),
+                     ("_gemm_kernel", None, False), ("_gemm_kernel", 1, False)}  # one chunk: dy not accumulated
+    for launch in rec:
+        if launch.source.endswith("_gemm_kernel"):
+            assert {"a_ptr", "b_ptr", "c_ptr", "K", "N"} <= set(launch.attrs) or launch.constexpr("stride_am") == 1
+        else:
+            assert {"a_ptr", "b_ptr", "ta_ptr", "tb_ptr", "D", "DT", "stride_a", "stride_b"} <= set(launch.attrs)
+    fwd = [launch for launch in rec if launch.source.endswith("_psd_fwd_kernel")]
+    assert {launch.constexpr("BLOCK_N") for launch in fwd} == {32}  # the separate teacher's kept configs
+    assert len(fwd) == 2 * 2  # both sweeps of the symmetric loss, two kept configs each
+    # B = 65536 on 132 SMs: one column split, which the binder turns into the constant 1
+    big = _recorded(90, b=65536, d=512, teacher="self_scaled")
+    assert any(launch.constexpr("n_split") == 1 for launch in big)
+    assert all(launch.programs > 0 for launch in big)
+
+
+def _kernel(launch):
+    return launch.source.split(":")[1]
+
+
+def _tile(launch):
+    return launch.constexpr("BLOCK_M"), launch.constexpr("BLOCK_N")
+
+
+@compiled
+def test_recorded_mean_takes_the_one_sweep_and_the_cross_terms():
+    """The symmetric mean with a teacher of statistics of its own (clip_weighted_loss): one forward
+    sweep with column partials, gradient tiles with the cross terms, the products; "none" takes two
+    sweeps and no cross terms; "sum" launches exactly what "mean" does."""
+    case = dict(b=4097, d=512, teacher="separate", dt=512)
+    mean = _recorded(90, reduction="mean", **case)
+    fwd = [launch for launch in mean if _kernel(launch) == "_psd_fwd_kernel"]
+    grad = [launch for launch in mean if _kernel(launch) == "_psd_grad_kernel"]
+    assert len(fwd) == 2 and all(launch.constexpr("COL_STATS") for launch in fwd)   # one sweep, two configs
+    assert grad and all(launch.constexpr("CROSS") for launch in grad)
+    assert {"wrow_ptr", "wcol_ptr", "grad_ptr", "stride_g"} <= set(grad[0].attrs)
+    none = _recorded(90, reduction="none", **case)
+    assert not any(launch.constexpr("CROSS") for launch in none if _kernel(launch) == "_psd_grad_kernel")
+    assert not any(launch.constexpr("COL_STATS") for launch in none if _kernel(launch) == "_psd_fwd_kernel")
+    assert [launch.key() for launch in _recorded(90, reduction="sum", **case)] == [launch.key() for launch in mean]
+    # a self teacher at the student's scale: the one sweep for every reduction, no cross terms
+    self_mean = _recorded(90, b=4097, d=512, teacher="self", reduction="mean")
+    assert not any(launch.constexpr("CROSS") for launch in self_mean if _kernel(launch) == "_psd_grad_kernel")
+    # sm_100: the one sweep runs 128 x 32 with 4 stages, the cross-term tiles 128 x 32
+    blackwell = _recorded(100, reduction="mean", **case)
+    assert {_tile(launch) + (launch.option("num_stages"),) for launch in blackwell
+            if _kernel(launch) == "_psd_fwd_kernel"} == {(128, 32, 4)}
+    assert {_tile(launch) for launch in blackwell if _kernel(launch) == "_psd_grad_kernel"} == {(128, 32)}
+
+
+@compiled
+def test_recorded_products_split_k_when_their_tiles_are_few():
+    """B = 4097, D = 512 on 132 SMs: the dx product (and the first chunk's dy) has 33 x 4 = 132 output
+    tiles of 128 x 128, half the 264 CTA slots at two per SM, so K splits in two over the grid's third
+    axis; the split length stays divisible by 16. At B = 32768 dx has 128 x 4 tiles per chunk of
+    16384 rows: no split."""
+    gemm = [launch for launch in _recorded(90, b=4097, d=512, teacher="self")
+            if _kernel(launch) == "_gemm_kernel" and _tile(launch) == (128, 128)]
+    assert len(gemm) == 2 and {launch.programs for launch in gemm} == {33 * 4 * 2}
+    assert all("k_split" in launch.attrs for launch in gemm)
+    big = [launch for launch in _recorded(90, b=32768, d=512, teacher="self")
+           if _kernel(launch) == "_gemm_kernel" and _tile(launch) == (128, 128)
+           and launch.constexpr("stride_am") is None]  # dx: A (G) row-major
+    assert big and {launch.programs for launch in big} == {128 * 4}
+
+
+@compiled
+@needs_ptxas
 @pytest.mark.timeout(600)
-def test_kept_configs_do_not_spill_and_use_wgmma_on_hopper():
-    rows = compile_check.run(archs=(90,), dtypes=("bf16",), dims=(768,), teachers=("separate", "self"), jobs=2)
-    rows += compile_check.run(archs=(80,), dtypes=("fp16",), dims=(768,), teachers=("separate",), jobs=2)
-    assert rows
-    bad = [f"{r['kernel']} sm_{r['arch']} {r['dtype']} {r['teacher']} {r['config']}: {'; '.join(r['failures'])}"
+def test_kept_configs_do_not_spill_and_run_on_the_tensor_cores():
+    subset = dict(batches=(4097, 32768), dims=(500, 768), teachers=("separate", "self"), jobs=2)
+    rows = compile_check.run(archs=(90, 100), dtypes=("bf16",), **subset)[0]
+    rows += compile_check.run(archs=(80,), dtypes=("fp16",), **subset)[0]
+    assert {r["kernel"] for r in rows} == {"fwd", "grad", "gemm"}
+    bad = [f"{r['kernel']} sm_{r['arch']} {r['dtype']} {r['flags']} {r['config']}: {'; '.join(r['failures'])}"
            for r in rows if r["failures"]]
     assert not bad, "\n".join(bad)
-    hopper = [r for r in rows if r["arch"] == 90]
-    assert all(r["mma"] == "wgmma" for r in hopper), {(r["kernel"], r["mma"]) for r in hopper}
+    assert all(r["tc_dots"] >= r["dots"] > 0 and r["other_dots"] == 0 for r in rows)

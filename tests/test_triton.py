@@ -60,9 +60,22 @@ def _embed(n, d, dtype, device, generator=None):
     return torch.nn.functional.normalize(e, dim=1).to(dtype).to(device)
 
 
-def _run(fn_name, backend, inputs, kwargs, upstream, reduction):
-    """Loss and gradients (x, y, scale) of `upstream` . loss for one backend."""
-    x, y, scale = (t.detach().clone().requires_grad_() for t in inputs)
+def _shifted(t):
+    """A copy of t that starts one element into its allocation (2 or 4 bytes: not 16-byte aligned)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def _run(fn_name, backend, inputs, kwargs, upstream, reduction, offset=False):
+    """Loss and gradients (x, y, scale) of `upstream` . loss for one backend; `offset`: the
+    embeddings start 2 or 4 bytes into their allocation."""
+    x, y, scale = (t.detach().clone() for t in inputs)
+    if offset:
+        x, y = _shifted(x), _shifted(y)
+        kwargs = {k: _shifted(v) if torch.is_tensor(v) and v.dim() == 2 else v for k, v in kwargs.items()}
+    x, y, scale = (t.requires_grad_() for t in (x, y, scale))
     if backend == "reference":  # float64 on the same (rounded) inputs proves the math
         x64, y64, s64 = x.double(), y.double(), scale.double()
         kw = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kwargs.items()}
@@ -83,24 +96,24 @@ def _teacher_kwargs(mode, m, n, dt, dtype, device, symmetric):
             "teacher_scale": torch.tensor(12.0, device=device)}
 
 
-def check_one_direction(m, n, d, dtype, device, teacher, reduction="none", scale=20.0, tol=None):
+def check_one_direction(m, n, d, dtype, device, teacher, reduction="none", scale=20.0, tol=None, offset=False):
     x, y = _embed(m, d, dtype, device), _embed(n, d, dtype, device)
     s = torch.tensor(scale, device=device)
     kwargs = dict(alpha=torch.rand(m, device=device), labels=torch.randint(0, n, (m,), device=device),
                   **_teacher_kwargs(teacher, m, n, 5 if d != 64 else 48, dtype, device, False))
     upstream = torch.randn(m, device=device) if reduction == "none" else torch.tensor(1.7, device=device)
-    got = _run("psd_loss", "triton", (x, y, s), kwargs, upstream, reduction)
+    got = _run("psd_loss", "triton", (x, y, s), kwargs, upstream, reduction, offset)
     want = _run("psd_loss", "reference", (x, y, s), kwargs, upstream, reduction)
     _check(got, want, x, dtype, tol)
 
 
-def check_symmetric(b, d, dtype, device, teacher, reduction="none", scale=20.0, tol=None):
+def check_symmetric(b, d, dtype, device, teacher, reduction="none", scale=20.0, tol=None, offset=False):
     x, y = _embed(b, d, dtype, device), _embed(b, d, dtype, device)
     s = torch.tensor(scale, device=device)
     kwargs = dict(alpha_image=torch.rand(b, device=device), alpha_text=0.35,
                   **_teacher_kwargs(teacher, b, b, 24, dtype, device, True))
     upstream = torch.randn(2, b, device=device) if reduction == "none" else torch.tensor(0.6, device=device)
-    got = _run("psd_clip_loss", "triton", (x, y, s), kwargs, upstream, reduction)
+    got = _run("psd_clip_loss", "triton", (x, y, s), kwargs, upstream, reduction, offset)
     want = _run("psd_clip_loss", "reference", (x, y, s), kwargs, upstream, reduction)
     _check(got, want, x, dtype, tol)
 
@@ -213,6 +226,22 @@ def test_symmetric_one_pass_path_and_partial_gradients():
 def test_half_inputs(dtype):
     check_one_direction(7, 97, 64, dtype, "cpu", "separate")
     check_symmetric(19, 100, dtype, "cpu", "self")
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_padded_widths_and_offset_inputs(dtype):
+    """Widths that are not multiples of 16 (the host appends zero columns) and embeddings that start
+    2 or 4 bytes into their allocation (the host copies them aligned): the loss and the gradients
+    match the reference, and the gradients come back at the caller's width."""
+    from psd_kernels import triton_psd
+    x = _shifted(_embed(5, 500, dtype, "cpu"))
+    assert x.data_ptr() % 16 and triton_psd._operand(x).shape == (5, 512)
+    assert triton_psd._operand(x).data_ptr() % 16 == 0 and triton_psd._operand(x)[:, 500:].abs().sum() == 0
+    check_one_direction(7, 33, 500, dtype, "cpu", "separate", offset=True)
+    check_symmetric(19, 500, dtype, "cpu", "self_scaled", offset=True)
+    check_symmetric(18, 100, dtype, "cpu", "separate", offset=True)
+    check_one_direction(20, 17, 48, dtype, "cpu", "self", offset=True)  # aligned width, offset start
 
 
 @interpreted

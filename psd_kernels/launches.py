@@ -1,0 +1,229 @@
+"""The Triton kernel launches the public API makes, recorded without a GPU.
+
+    launches = record(arch=90, sms=132, cases=cases("bf16"))
+
+Each case calls psd_kernels.psd_loss / psd_clip_loss (backend="triton") and its backward on
+meta tensors: the host code of psd_kernels.triton_psd runs unchanged (shapes, strides, chunks,
+grids, column splits), while the launches themselves are intercepted. A meta tensor's
+data_ptr() is its byte offset, so a launch's pointers keep the alignment they have on a GPU
+(the CUDA caching allocator returns blocks aligned to 512 bytes); its integer arguments are
+the real ones. During a recording the device looks like sm_<arch> with `sms` SMs to the host
+code and to the prune functions.
+
+Both reductions that launch different kernels are recorded: "none", and "mean", which takes a
+backend's fused weighted path where it has one (psd_kernels.triton_psd.clip_weighted_loss: for
+the symmetric loss with a teacher of statistics of its own, the one forward sweep with column
+partials and the gradient tiles with the cross terms, CROSS, formed in the forward). "sum"
+launches exactly what "mean" does (only the host-side weight differs), so it is not recorded.
+Products whose output tiles are too few for the SMs split K over a third grid axis; the host
+decides that from the recorded device's SM count, so the recording sees it.
+
+For an autotuned kernel every config its prune function keeps is recorded (the autotuner
+could pick any of them). Each launch is then specialised with Triton's own binder for the
+target, as JITFunction.run does before it compiles: ints that are multiples of 16 and pointers
+aligned to 16 bytes get tt.divisibility = 16, ints equal to 1 become constants. The result,
+a Launch, holds exactly what triton.compile receives, plus the number of programs in the grid.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import math
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BATCHES = (1000, 4097, 32768, 65536)
+DIMS = (64, 100, 256, 500, 512, 768, 1024, 1152, 1280, 1536)
+TEACHERS = ("self", "self_scaled", "separate", "within_modality")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One call of the public API: the symmetric loss (clip) or one direction, B rows and columns."""
+
+    dtype: str
+    b: int
+    d: int
+    teacher: str                 # self, self_scaled, separate (teacher width dt) or within_modality
+    dt: int = 0
+    symmetric: bool = True
+    offset: bool = False         # inputs that start 2 bytes into an allocation (not 16-byte aligned)
+    reduction: str = "none"      # "none" (per-row upstream gradients) or "mean" (the fused path; "sum" launches the same)
+
+    def __str__(self):
+        width = f"D={self.d}" + (f" D'={self.dt}" if self.teacher == "separate" else "")
+        return (f"{'clip' if self.symmetric else 'one-direction'} B={self.b} {width} {self.teacher} {self.dtype}"
+                + (" offset" if self.offset else "") + (f" {self.reduction}" if self.reduction != "none" else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One specialised kernel instance as triton.compile receives it, and its grid."""
+
+    source: str                  # "module:name" of the @triton.jit function
+    signature: tuple             # ((argument name, Triton type or "constexpr"), ...)
+    constexprs: tuple            # ((argument name, value), ...): constexprs, ints specialised to 1
+    attrs: tuple                 # argument names with tt.divisibility = 16
+    options: tuple               # sorted (name, value) of the backend options (num_warps, num_stages, ...)
+    programs: int = dataclasses.field(compare=False, default=0)
+
+    def key(self) -> tuple:
+        """What decides the compiled code: equal keys compile to the same kernel."""
+        return (self.source, self.signature, self.constexprs, self.attrs, self.options)
+
+    @property
+    def fn(self):
+        """The JIT function (resolved by name, so a Launch pickles into worker processes)."""
+        from triton.runtime.jit import JITFunction
+        module, name = self.source.split(":")
+        obj = getattr(importlib.import_module(module), name)
+        while not isinstance(obj, JITFunction):
+            obj = obj.fn
+        return obj
+
+    def constexpr(self, name, default=None):
+        return dict(self.constexprs).get(name, default)
+
+    def option(self, name):
+        return dict(self.options)[name]
+
+
+def cases(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHERS) -> list:
+    """The matrix for one dtype: every B, D and teacher case, symmetric and one-direction, aligned
+    and offset inputs, reductions "none" and "mean"; a separate teacher at D' = D and, at D = 512,
+    at every other D'."""
+    out = []
+    for b in batches:
+        for d in dims:
+            for teacher in teachers:
+                widths = [0]
+                if teacher == "separate":
+                    widths = [d] + ([dt for dt in dims if dt != d] if d == 512 else [])
+                for dt in widths:
+                    for symmetric in (True, False):
+                        for offset in (False, True):
+                            for reduction in ("none", "mean"):
+                                out.append(Case(dtype, b, d, teacher, dt, symmetric, offset, reduction))
+    return out
+
+
+def _meta(rows: int, cols: int, dtype, offset: bool, requires_grad: bool) -> torch.Tensor:
+    """A rows x cols meta tensor, starting one element into its allocation when `offset`."""
+    start = 1 if offset else 0
+    t = torch.empty(rows * cols + start, device="meta", dtype=dtype)[start:].view(rows, cols)
+    return t.requires_grad_(requires_grad)
+
+
+def run_case(case: Case) -> None:
+    """The public call of `case` and its backward (every launch goes to the active recording)."""
+    import psd_kernels
+    dtype = DTYPES[case.dtype]
+    x, y = (_meta(case.b, case.d, dtype, case.offset, True) for _ in range(2))
+    kwargs = {}
+    if case.teacher == "self_scaled":
+        kwargs["teacher_scale"] = 7.5
+    if case.teacher == "separate":
+        tx, ty = (_meta(case.b, case.dt, dtype, case.offset, False) for _ in range(2))
+        kwargs.update(teacher_scale=12.0, **dict(zip(("teacher_image", "teacher_text") if case.symmetric
+                                                     else ("teacher_x", "teacher_y"), (tx, ty))))
+    scale = torch.tensor(20.0, device="meta").requires_grad_()
+    if case.symmetric:
+        if case.teacher == "within_modality":
+            kwargs["teacher_mode"] = "within_modality"
+        loss = psd_kernels.psd_clip_loss(x, y, scale, alpha_image=0.3, reduction=case.reduction, backend="triton",
+                                         **kwargs)
+    else:
+        if case.teacher == "within_modality":  # as the assembly's image rows: caption-caption targets
+            kwargs.update(teacher_x=y.detach(), teacher_y=y.detach())
+        loss = psd_kernels.psd_loss(x, y, scale, alpha=0.3, reduction=case.reduction, backend="triton", **kwargs)
+    loss.sum().backward()
+
+
+class _Binders:
+    """Triton's binder per (JIT function, arch): argument values -> signature, constexprs, attrs."""
+
+    def __init__(self):
+        self._cache = {}
+
+    def specialise(self, fn, arch: int, args, kwargs, grid) -> Launch:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+        key = (fn, arch)
+        if key not in self._cache:
+            backend = make_backend(GPUTarget("cuda", arch, 32))
+            self._cache[key] = backend, create_function_from_signature(fn.signature, fn.params, backend)
+        backend, binder = self._cache[key]
+        bound_args, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+        names = fn.arg_names
+        if callable(grid):
+            grid = grid(bound_args)
+        return Launch(
+            source=f"{fn.fn.__module__}:{fn.fn.__name__}",
+            signature=tuple(signature.items()),
+            constexprs=tuple((names[path[0]], value) for path, value in sorted(constexprs.items())),
+            attrs=tuple(names[path[0]] for path, value in sorted(attrs.items()) if ["tt.divisibility", 16] in value),
+            options=tuple(sorted((k, v) for k, v in options.__dict__.items() if _hashable(v))),
+            programs=math.prod(grid))
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+        return True
+    except TypeError:
+        return False
+
+
+@contextlib.contextmanager
+def _recording(arch: int, sms: int, sink):
+    """Intercept every Triton launch (autotuned: once per kept config) into sink(fn, args, kwargs, grid),
+    with the host code and prune functions seeing sm_<arch> with `sms` SMs."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    from psd_kernels import triton_kernels, triton_psd, validation
+
+    def autotuned(self, *args, **kwargs):
+        self.nargs = dict(zip(self.arg_names, args))
+        kept = self.prune_configs(kwargs)
+        self.nargs = None
+        self.best_config = kept[0]
+        for config in kept:
+            self.fn.run(*args, **kwargs, **config.all_kwargs())
+
+    def launched(self, *args, grid, warmup, **kwargs):
+        sink(self, args, kwargs, grid)
+
+    saved = [(Autotuner, "run", autotuned), (JITFunction, "run", launched),
+             (triton_psd, "supports", lambda device, dtype: None), (triton_psd, "_autotune", lambda: True),
+             (triton_psd, "_num_sms", lambda device: sms),
+             # meta tensors hold no values: every checked number (scale, alpha, label) reads as 1
+             (validation, "host_read", lambda t: [1.0] * t.numel()),
+             (triton_kernels, "_arch", lambda operand: arch)]
+    saved = [(owner, name, getattr(owner, name), new) for owner, name, new in saved]
+    try:
+        for owner, name, _, new in saved:
+            setattr(owner, name, new)
+        yield
+    finally:
+        for owner, name, old, _ in saved:
+            setattr(owner, name, old)
+
+
+def record(arch: int, sms: int, cases_) -> list:
+    """[(case, Launch), ...] for every launch each case makes on sm_<arch> with `sms` SMs."""
+    binders = _Binders()
+    out, current = [], []
+
+    def sink(fn, args, kwargs, grid):
+        out.append((current[-1], binders.specialise(fn, arch, args, kwargs, grid)))
+
+    with _recording(arch, sms, sink):
+        for case in cases_:
+            current.append(case)
+            run_case(case)
+    return out
