@@ -2,6 +2,7 @@
 
     .venv/bin/python -m pytest tests/test_repository.py
 """
+import re
 import subprocess
 from pathlib import Path
 
@@ -29,3 +30,22 @@ def test_docs_hold_the_math():
     for name in ("README.md", "loss.md", "fused_algorithm.md", "teachers.md", "distributed.md", "schedules.md"):
         assert (ROOT / "docs" / name).is_file(), f"docs/{name} is missing"
     assert "docs/" in (ROOT / "README.md").read_text()
+
+
+MARKDOWN = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results").glob("*/README.md"))]
+
+
+def test_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 350, f"README.md has {len(lines)} lines; guides belong in docs/"
+
+
+@pytest.mark.parametrize("name", MARKDOWN)
+def test_relative_links_resolve(name):
+    """Every relative link of the README, the docs and the results pages names a file that exists."""
+    page = ROOT / name
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+://|#|mailto:", target):
+            continue
+        assert (page.parent / target.split("#")[0]).exists(), f"{name}: link to {target} leads nowhere"

@@ -14,7 +14,7 @@ pairs; psd_train.demo.evaluate); the demo prints the table and saves a plot of t
 accuracy curves (clean-caption CLIP as the reference line) and the alpha schedule. Everything
 lands under --out (default runs/demo): the data, each run's open_clip_train log, TensorBoard
 events, psd_steps.csv / psd_metrics.csv and checkpoints.
-One seed is one draw: `python -m psd_train.sweep` gives the paired-seed comparison (README).
+One seed is one draw: `python -m psd_train.sweep` gives the paired-seed comparison (docs/demo.md).
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
     reference = {clean_label: results[clean_label]["log_dir"]} if clean is not None else None
     plot = plot_runs(log_dirs, os.path.join(a.out, "demo.png"), reference=reference)
     print(f"\n[4/4] results on {a.n_test} held-out digits (percent). Seed {a.seed}: one seed is one draw of "
-          f"data, initialisation and batch order; the README gives the paired results over seeds.\n")
+          f"data, initialisation and batch order; docs/demo.md and results/ give the paired results over seeds.\n")
     print(results_table(metrics, TABLE_METRICS))
     print(f"\n(memorised: of the {data['noise_rows']} swapped training pairs, the share whose image ranks its "
           f"wrong caption first among all {a.n_train} training captions)")
