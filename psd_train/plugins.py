@@ -48,8 +48,9 @@ from psd_train.errors import FlagError, UsageError
 
 ENTRY_POINT_GROUP = "psd_train.plugins"
 ENVIRONMENT_VARIABLE = "PSD_TRAIN_PLUGINS"
-REINSTALL = ("pip install --no-build-isolation -e . (make install) in the psd repository, or set "
-             f"{ENVIRONMENT_VARIABLE}=psd_train.demo.plugin:PLUGIN for the demo's")
+REINSTALL = ("reinstall psd (pip install --no-build-isolation -e . or make install, in the psd repository: "
+             f"an install from an older setup.py lists no plugin) or set {ENVIRONMENT_VARIABLE}="
+             "psd_train.demo.plugin:PLUGIN")
 
 
 @dataclass(frozen=True)
