@@ -187,6 +187,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch", "numpy"],  # psd_kernels
     extras_require={"train": TRAIN_EXTRAS},  # psd_train and psd_train.demo
+    # psd_train finds models and --psd-eval-data evaluations through this group (psd_train/plugins.py);
+    # the demo registers its psd-tiny model and evaluations there
+    entry_points={"psd_train.plugins": ["demo = psd_train.demo.plugin:PLUGIN"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
 )

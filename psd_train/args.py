@@ -75,7 +75,8 @@ def psd_parser() -> argparse.ArgumentParser:
     group.add_argument("--psd-backend", choices=("auto",) + BACKENDS, default="auto",
                        help="loss implementation (auto: the fastest built one)")
     group.add_argument("--psd-eval-data", default=None,
-                       help="a demo data root (psd_train.demo.data): run psd_train.demo.evaluate on it")
+                       help="evaluate on this data root with the evaluation a psd_train plugin provides (the "
+                            "demo's: a demo data root, python -m psd_train.demo.data; psd_train.plugins)")
     group.add_argument("--psd-eval-every", type=int, default=0,
                        help="evaluate every N epochs (0: only after the last epoch)")
     group.add_argument("--psd-threads", type=int, default=None,

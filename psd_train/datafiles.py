@@ -37,14 +37,10 @@ def csv_flags(args) -> dict:
 
 
 def check_data_files(args, psd, rank: int) -> None:
-    """Check the CSV data open_clip_train will read (the image sample on rank 0 only) and --psd-eval-data."""
+    """Check the CSV data open_clip_train will read (the image sample on rank 0 only). --psd-eval-data
+    is checked by the plugin that evaluates it (psd_train.plugins: check_eval_data)."""
     for path, flag in csv_flags(args).items():
         _check_csv(flag, path, args, sample=psd.psd_check_images if rank == 0 else 0)
-    if psd.psd_eval_data is not None:
-        for name in ("meta.json", "test.csv", "train.csv"):
-            if not os.path.isfile(os.path.join(psd.psd_eval_data, name)):
-                raise DataFileError(f"--psd-eval-data {psd.psd_eval_data}: {name} is missing "
-                                    "(build it with python -m psd_train.demo.data)")
 
 
 def _is_csv(args, path: str) -> bool:

@@ -18,7 +18,8 @@ import sys
 import traceback
 
 # import name -> the distribution that provides it; all of them come with `pip install ".[train]"`
-TRAIN_EXTRAS = {"open_clip": "open_clip_torch", "open_clip_train": "open_clip_torch", "pandas": "pandas",
+# (setup.py's TRAIN_EXTRAS lists those distributions' requirements)
+EXTRA_DISTRIBUTIONS = {"open_clip": "open_clip_torch", "open_clip_train": "open_clip_torch", "pandas": "pandas",
                 "sklearn": "scikit-learn", "scipy": "scipy", "mlxtend": "mlxtend", "matplotlib": "matplotlib",
                 "tensorboard": "tensorboard", "tqdm": "tqdm", "PIL": "pillow", "webdataset": "webdataset",
                 "braceexpand": "braceexpand"}
@@ -43,7 +44,7 @@ def run_command(prog: str, target: str, argv: list[str] | None = None) -> int:
         try:
             getattr(importlib.import_module(module), function)(argv)
         except ModuleNotFoundError as exc:
-            package = TRAIN_EXTRAS.get((exc.name or "").split(".")[0])
+            package = EXTRA_DISTRIBUTIONS.get((exc.name or "").split(".")[0])
             if package is None:
                 raise
             raise UsageError(f"{package} is not installed; {prog} needs the training extras: "

@@ -5,6 +5,11 @@
         --csv-img-key filepath --csv-caption-key title --batch-size 128 --epochs 12 \\
         --psd-alpha-max 0.3 --psd-teacher ema --psd-eval-data data/psd_demo
 
+Models and evaluations come from plugins (psd_train.plugins): the entry-point group
+psd_train.plugins, or main(argv, plugins=[...]). The demo's plugin (psd_train.demo.plugin)
+registers psd-tiny and evaluates --psd-eval-data on demo data; the trainer imports nothing
+from psd_train.demo.
+
 How it plugs in (psd_train.compat lists every open_clip_train name used and why):
 open_clip_train.main.main(argv) runs unchanged, with its train_one_epoch replaced by
 _Run.train_one_epoch for the length of the call. That seeds the epoch, calls the original
@@ -49,22 +54,25 @@ from psd_train.csvimages import TooManySkippedImages, skipping_csv_dataset
 from psd_train.datafiles import check_data_files, csv_flags
 from psd_train.errors import UsageError
 from psd_train.feed import for_loop, unwrap
-from psd_train.loss import backend_in_use, make_loss
+from psd_train.loss_from_flags import backend_in_use, make_loss
+from psd_train.plugins import check_models, evaluation, register_models, resolve
 from psd_train.runlog import (FINAL_METRICS, METRICS_CSV, STEP_FIELDS, STEPS_CSV, append_csv_rows,
                               truncate_csv)
 from psd_train.teachers import Teacher, load_distill_model
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, plugins=None) -> dict:
     """Train; returns {"log_dir", "checkpoint" (None where this rank writes none), "metrics" (the last
-    evaluation, or {}; under torchrun rank 0 evaluates, writes every log file and the checkpoint)}."""
+    evaluation, or {}; under torchrun rank 0 evaluates, writes every log file and the checkpoint),
+    "settings" (the PSD settings the run used: psd_train.args.schedule_flags, teacher resolved)}.
+
+    plugins: the psd_train.plugins.Plugin objects (or "module:attribute" names) that bring models
+    and the --psd-eval-data evaluation; default: those installed (psd_train.plugins.installed)."""
     check_open_clip()
     import open_clip_train.data as oc_data
     import open_clip_train.main as oc_main
     from open_clip_train.distributed import world_info_from_env
     from open_clip_train.params import parse_args
-
-    from psd_train.demo.model import register_demo_models
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -76,13 +84,17 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(psd.psd_threads)
     if not torch.cuda.is_available():
         rest += _cpu_defaults(rest)
-    register_demo_models()  # --model psd-tiny
+    active = resolve(plugins)
+    register_models(active)  # before open_clip_train parses its args: --model NAME of a plugin
     args = parse_args(rest)
     check_combined(psd, args)
+    check_models(args, active)
+    evaluator = evaluation(psd.psd_eval_data, active)
     check_data_files(args, psd, rank=world_info_from_env()[1])
     check_resume_file(args)
 
-    run = _Run(psd, oc_main.train_one_epoch, distill=(args.distill_model, args.distill_pretrained))
+    run = _Run(psd, oc_main.train_one_epoch, distill=(args.distill_model, args.distill_pretrained),
+               evaluator=evaluator)
     csv_dataset = skipping_csv_dataset(oc_data.CsvDataset, csv_flags(args), psd.psd_max_skipped_share,
                                        run.skipped_images)
     with patched(oc_main, run.train_one_epoch, quiet=psd.psd_quiet, csv_dataset=csv_dataset), \
@@ -112,8 +124,9 @@ def _cpu_defaults(argv: list[str]) -> list[str]:
 class _Run:
     """State shared by the hooks of one main() call."""
 
-    def __init__(self, psd, original_train_one_epoch, distill: tuple):
+    def __init__(self, psd, original_train_one_epoch, distill: tuple, evaluator=None):
         self.psd = psd
+        self.evaluator = evaluator  # the psd_train.plugins.Plugin whose evaluate runs for --psd-eval-data
         self.original = original_train_one_epoch
         self.distill = distill
         self.args = None
@@ -260,8 +273,6 @@ class _Run:
             atomic_save(checkpoint, os.path.join(args.checkpoint_path, PSD_CHECKPOINT_NAME))
 
     def _evaluate(self, model, args) -> dict:
-        from psd_train.demo.evaluate import evaluate
-
         if self.eval_tools is None:
             import open_clip
             from open_clip.transform import PreprocessCfg, image_transform_v2
@@ -272,7 +283,8 @@ class _Run:
             self.eval_tools = preprocess, tokenizer
         preprocess, tokenizer = self.eval_tools
         model.eval()
-        metrics = evaluate(unwrap(model), preprocess, tokenizer, self.psd.psd_eval_data, device=args.device)
+        metrics = self.evaluator.evaluate(unwrap(model), preprocess, tokenizer, self.psd.psd_eval_data,
+                                          device=args.device)
         logging.info("psd_train eval after epoch %d: %s", self.epoch_of(self.step) + 1,
                      " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return {k: float(v) for k, v in metrics.items()}
@@ -283,9 +295,10 @@ class _Run:
 
     def result(self) -> dict:
         if self.args is None:
-            return {"log_dir": None, "checkpoint": None, "metrics": {}}
+            return {"log_dir": None, "checkpoint": None, "metrics": {}, "settings": schedule_flags(self.psd)}
         checkpoint = os.path.join(self.args.checkpoint_path, PSD_CHECKPOINT_NAME) if self.args.save_logs else None
-        return {"log_dir": self.log_dir, "checkpoint": checkpoint, "metrics": dict(self.metrics)}
+        return {"log_dir": self.log_dir, "checkpoint": checkpoint, "metrics": dict(self.metrics),
+                "settings": schedule_flags(self.psd)}
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:

@@ -34,7 +34,7 @@ def clean_and_noisy(tmp_path_factory):
 
 
 def test_layout_and_open_clip_reads_it(clean_and_noisy):
-    from open_clip_train.data import CsvDataset
+    CsvDataset = pytest.importorskip("open_clip_train.data", reason="needs the training extras: pip install '.[train]'").CsvDataset
     _, noisy = clean_and_noisy
     for split, n in (("train", 100), ("val", 20), ("test", 30)):
         rows = _rows(noisy[f"{split}_csv"])

@@ -247,6 +247,7 @@ def test_psdloss_matches_single_process(ranks):
 
 
 def test_alpha_zero_is_open_clip_clip_loss(ranks):
+    pytest.importorskip("open_clip", reason="needs the training extras: pip install '.[train]'")
     for name, members in cases(ranks, "openclip").items():
         for r, m in enumerate(members):
             ours, theirs = m["out"]["psd"], m["out"]["open_clip"]

@@ -25,6 +25,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
+    pytest.importorskip("open_clip", reason="needs the training extras: pip install '.[train]'")
     from psd_train.demo.model import create_demo_model
     torch.manual_seed(0)
     model, _, preprocess, tokenizer = create_demo_model()

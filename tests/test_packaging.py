@@ -10,7 +10,7 @@ import sys
 
 from packaging.requirements import Requirement
 
-from psd_train.errors import TRAIN_EXTRAS
+from psd_train.errors import EXTRA_DISTRIBUTIONS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def _child(code: str, hidden: set, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_kernels_run_without_the_training_extras():
-    hidden = set(TRAIN_EXTRAS)
+    hidden = set(EXTRA_DISTRIBUTIONS)
     run = _child(KERNELS_ONLY.format(), hidden)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "kernels ok"
@@ -78,7 +78,7 @@ def test_train_extras_hold_the_pinned_stack():
             requirement = Requirement(line)
             pinned[requirement.name.lower()] = requirement.specifier
     extras = [Requirement(r) for r in _setup_keyword("TRAIN_EXTRAS")]
-    assert {r.name.lower() for r in extras} >= {package.lower() for package in TRAIN_EXTRAS.values()}
+    assert {r.name.lower() for r in extras} >= {package.lower() for package in EXTRA_DISTRIBUTIONS.values()}
     for requirement in extras:
         assert requirement.name.lower() in pinned, requirement.name
         for spec in pinned[requirement.name.lower()]:
@@ -95,6 +95,23 @@ def test_metadata_declares_kernels_needs_and_the_train_extra(tmp_path):
     section, *train = requires[1].split()
     assert section == "[train]"
     assert [Requirement(r) for r in train] == [Requirement(r) for r in _setup_keyword("TRAIN_EXTRAS")]
+    # the demo plugs into the trainer through the entry-point group psd_train.plugins
+    entry_points = (tmp_path / "psd.egg-info" / "entry_points.txt").read_text().split()
+    assert entry_points == ["[psd_train.plugins]", "demo", "=", "psd_train.demo.plugin:PLUGIN"]
+    from psd_train.plugins import load
+
+    plugin = load("psd_train.demo.plugin:PLUGIN")
+    assert plugin.register_models and plugin.evaluate and plugin.check_eval_data
+
+
+def test_tests_collect_without_open_clip_and_webdataset():
+    """pytest tests collects without open_clip_torch and webdataset: the modules that need them skip."""
+    code = ("import pytest; sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', "
+            "'tests/test_train.py', 'tests/test_train_accumulation.py', 'tests/test_train_compat.py', "
+            "'tests/test_train_webdataset.py', 'tests/test_sweep.py', 'tests/test_train_plugins.py']))")
+    run = _child(code, {"open_clip", "open_clip_train", "webdataset"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "error" not in run.stdout.lower(), run.stdout
 
 
 def _at_least_as_strict(ours, bound) -> bool:

@@ -4,15 +4,17 @@
 
 Trains psd-tiny for real on 64 demo images (one epoch of 4 steps per run).
 """
-import os
-import pathlib
-
-import pandas as pd
 import pytest
 
-from psd_train.demo.report import regime_tables, summarize
-from psd_train.demo.sweep import CLIP_CHECKPOINT, METHODS, main as sweep_main, method_flags
-from psd_train.errors import FlagError
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import os  # noqa: E402
+import pathlib  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from psd_train.demo.report import SETTINGS, regime_tables, summarize  # noqa: E402
+from psd_train.demo.sweep import CLIP_CHECKPOINT, METHODS, main as sweep_main, method_flags  # noqa: E402
+from psd_train.errors import FlagError  # noqa: E402
 
 TINY = ["--seeds", "0", "--n-train", "64", "--n-val", "4", "--n-test", "40", "--epochs", "1",
         "--batch-size", "16", "--eval-every", "1"]
@@ -46,6 +48,48 @@ def test_finished_runs_are_skipped(sweep, capsys):
     assert "[1/4]" not in capsys.readouterr().out  # nothing trained again
 
 
+def test_rows_record_the_settings_each_run_used(sweep):
+    out, _ = sweep
+    frame = pd.read_csv(out / "results.csv")
+    assert set(SETTINGS) <= set(frame.columns)
+    clip, born_again = frame.iloc[0], frame.iloc[1]
+    assert (clip["psd_teacher"], clip["psd_alpha_max"], clip["psd_schedule"]) == ("self", 0.0, "linear")
+    assert (born_again["psd_teacher"], born_again["psd_alpha_max"], born_again["psd_schedule"]) == \
+        ("distill", 0.5, "constant")
+    assert frame["psd_ema_momentum"].isna().all()  # neither teacher is EMA
+    table = summarize(str(out / "results.csv"))
+    assert table.index("### PSD settings each method ran with") < table.index("### caption noise 0%")
+    assert "| clip | none (alpha 0) | - | 0 |" in table
+    assert "| born_again | distill | cross | 0.5 | constant | none (constant) | - | own | 1 |" in table
+
+
+def test_methods_take_the_trainers_defaults_unless_they_set_a_flag():
+    from psd_train.args import psd_parser, split_args
+
+    defaults = psd_parser().parse_args([])
+    for name, method in METHODS.items():
+        psd, _ = split_args(method_flags(name, __file__))
+        assert psd.psd_teacher == method.teacher and psd.psd_alpha_max == method.alpha_max
+        for flag in ("psd_ema_momentum", "psd_teacher_scale", "psd_schedule", "psd_ramp_epochs",
+                     "psd_soft_fraction_preset", "psd_teacher_mode"):
+            if f"--{flag.replace('_', '-')}" not in method.overrides:
+                assert getattr(psd, flag) == getattr(defaults, flag), (name, flag)
+    assert split_args(method_flags("albef_ema"))[0].psd_ema_momentum == 0.995  # ALBEF's, set explicitly
+    assert split_args(method_flags("ema_teacher"))[0].psd_ema_momentum == defaults.psd_ema_momentum == 0.99
+
+
+def test_a_results_csv_of_an_older_sweep_takes_the_new_columns(tmp_path):
+    from psd_train.runlog import append_csv_rows
+
+    path = tmp_path / "results.csv"
+    path.write_text("method,noise,seed,zeroshot_top1\nclip,0.5,0,0.4\n")
+    append_csv_rows(str(path), ("method", "noise", "seed", "psd_teacher", "zeroshot_top1"),
+                    [{"method": "pskd", "noise": 0.5, "seed": 0, "psd_teacher": "prev_epoch", "zeroshot_top1": 0.5}])
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["method", "noise", "seed", "zeroshot_top1", "psd_teacher"]
+    assert frame["psd_teacher"].tolist()[1] == "prev_epoch" and frame["zeroshot_top1"].tolist() == [0.4, 0.5]
+
+
 def test_tables_have_sizes_gap_and_memorisation(sweep):
     out, _ = sweep
     table = summarize(str(out / "results.csv"))
@@ -57,10 +101,10 @@ def test_tables_have_sizes_gap_and_memorisation(sweep):
 
 
 def test_born_again_without_the_clip_run_is_refused(tmp_path):
-    assert CLIP_CHECKPOINT in METHODS["born_again"]
+    assert CLIP_CHECKPOINT in METHODS["born_again"].flags()
     with pytest.raises(FlagError, match="needs the finished CLIP run"):
         method_flags("born_again", str(tmp_path / "missing.pt"))
-    assert method_flags("pskd") == METHODS["pskd"]
+    assert method_flags("pskd") == METHODS["pskd"].flags() == ["--psd-teacher", "prev_epoch", "--psd-alpha-max", "0.8"]
 
 
 def test_epochs_per_size_must_match(tmp_path):

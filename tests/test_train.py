@@ -5,20 +5,22 @@
 Runs open_clip_train for real on a 64-image slice of the demo data with psd-tiny
 (4 steps of 16 per epoch).
 """
-import csv
-import math
-import os
-
-import pandas as pd
 import pytest
-import torch
 
-from psd_train.checkpoint import atomic_save, load_checkpoint
-from psd_train.demo.data import build_demo_data
-from psd_train.demo.model import TRAIN_FLAGS
-from psd_train.demo.report import paired_interval, summarize
-from psd_train.main import main
-from psd_train.teachers import Teacher
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import csv  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from psd_train.checkpoint import atomic_save, load_checkpoint  # noqa: E402
+from psd_train.demo.data import build_demo_data  # noqa: E402
+from psd_train.demo.model import TRAIN_FLAGS  # noqa: E402
+from psd_train.demo.report import paired_interval, summarize  # noqa: E402
+from psd_train.main import main  # noqa: E402
+from psd_train.teachers import Teacher  # noqa: E402
 
 BATCH = 16
 
@@ -186,16 +188,16 @@ def test_soft_fraction_schedule_in_step_log_and_tensorboard(data, tmp_path):
 
 def test_amp_bf16_on_cpu(data, tmp_path, monkeypatch):
     """--precision amp_bf16 on CPU: autocast hands the loss bfloat16 features, as a GPU run would."""
-    import psd_train.loss
+    import psd_train.loss_from_flags
 
     dtypes = []
 
-    class RecordingLoss(psd_train.loss.PSDLoss):
+    class RecordingLoss(psd_train.loss_from_flags.PSDLoss):
         def forward(self, image_features, text_features, logit_scale, **kwargs):
             dtypes.append((image_features.dtype, kwargs["dist_image_features"].dtype))
             return super().forward(image_features, text_features, logit_scale, **kwargs)
 
-    monkeypatch.setattr(psd_train.loss, "PSDLoss", RecordingLoss)
+    monkeypatch.setattr(psd_train.loss_from_flags, "PSDLoss", RecordingLoss)
     result = main(argv(data, tmp_path, "bf16", "--precision", "amp_bf16", "--psd-alpha-max", "0.5",
                        "--psd-soft-fraction", "0.5", "--psd-teacher", "ema", epochs=1))
     assert dtypes == [(torch.bfloat16, torch.bfloat16)] * 4

@@ -14,17 +14,19 @@ per optimizer step). Expected, for every teacher:
 Differences are max |a - b| and max |a - b| / max |b| over each tensor; in float64 they
 come from summation order only, so the bound is 1e-10 relative.
 """
-import argparse
-import copy
-
 import pytest
-import torch
-from open_clip_train.train import train_one_epoch
 
-from psd_kernels import PSDLoss
-from psd_train.demo.model import create_demo_model
-from psd_train.feed import for_loop
-from psd_train.teachers import Teacher
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import argparse  # noqa: E402
+import copy  # noqa: E402
+
+import torch  # noqa: E402
+from open_clip_train.train import train_one_epoch  # noqa: E402
+
+from psd_kernels import PSDLoss  # noqa: E402
+from psd_train.demo.model import create_demo_model  # noqa: E402
+from psd_train.feed import for_loop  # noqa: E402
+from psd_train.teachers import Teacher  # noqa: E402
 
 N, B = 3, 4
 RTOL = 1e-10

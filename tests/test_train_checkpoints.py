@@ -6,15 +6,17 @@ Every load (--resume, `--resume latest`, the PSD state, --distill-pretrained) us
 torch.load(weights_only=True): a file whose unpickling would call os.system is refused with
 one line naming it, and the command it carries never runs.
 """
-import os
-
 import pytest
-import torch
 
-from psd_train.checkpoint import load_checkpoint
-from psd_train.errors import run_command
-from psd_train.main import main
-from test_train import argv, data, read_steps  # noqa: F401  (data is a fixture)
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import os  # noqa: E402
+
+import torch  # noqa: E402
+
+from psd_train.checkpoint import load_checkpoint  # noqa: E402
+from psd_train.errors import run_command  # noqa: E402
+from psd_train.main import main  # noqa: E402
+from test_train import argv, data, read_steps  # noqa: E402,F401  (data is a fixture)
 
 
 class RunsCode:

@@ -2,16 +2,18 @@
 
     .venv/bin/python -m pytest tests/test_train_compat.py -q
 """
-import logging
-import warnings
-
-import open_clip_train.main as oc_main
 import pytest
-import torch
 
-from psd_train import compat
-from psd_train.compat import OpenClipVersionError, check_open_clip, patched
-from psd_train.feed import StudentWithTeacher, for_loop
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+import open_clip_train.main as oc_main  # noqa: E402
+import torch  # noqa: E402
+
+from psd_train import compat  # noqa: E402
+from psd_train.compat import OpenClipVersionError, check_open_clip, patched  # noqa: E402
+from psd_train.feed import StudentWithTeacher, for_loop  # noqa: E402
 
 
 def test_installed_open_clip_passes():

@@ -7,17 +7,20 @@ data, with a DataLoader worker (its own iterator per epoch, as in real runs), in
 subprocess; its console must not show torch's pin_memory warning, open_clip_train's cuda
 fallback or open_clip's random-initialisation note, and no warning line twice.
 """
-import logging
-import subprocess
-import sys
-import warnings
-from collections import Counter
+import pytest
 
-import torch
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import logging  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
 
-from psd_train.console import PIN_MEMORY, known_messages_left_out
-from psd_train.demo.data import build_demo_data
-from psd_train.demo.model import TRAIN_FLAGS
+import torch  # noqa: E402
+
+from psd_train.console import PIN_MEMORY, known_messages_left_out  # noqa: E402
+from psd_train.demo.data import build_demo_data  # noqa: E402
+from psd_train.demo.model import TRAIN_FLAGS  # noqa: E402
 
 KNOWN = ("pin_memory", "falling back to CPU", "No pretrained weights loaded")
 

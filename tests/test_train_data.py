@@ -6,16 +6,18 @@ Before training, rank 0 decodes --psd-check-images random images of the CSV (0: 
 During training, an image that is missing or does not decode is skipped, counted and
 named in a warning; more than --psd-max-skipped-share of them ends the run with one line.
 """
-import os
-
-import numpy as np
-import pandas as pd
 import pytest
 
-from psd_train.datafiles import DataFileError
-from psd_train.errors import run_command
-from psd_train.main import main
-from test_train import argv, data, read_steps  # noqa: F401  (data is a fixture)
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from psd_train.datafiles import DataFileError  # noqa: E402
+from psd_train.errors import run_command  # noqa: E402
+from psd_train.main import main  # noqa: E402
+from test_train import argv, data, read_steps  # noqa: E402,F401  (data is a fixture)
 
 SEED = "3"  # test_train.argv's --seed: it draws the checked sample
 

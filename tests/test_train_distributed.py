@@ -12,19 +12,21 @@ different soft subsets, and only rank 0 writes the logs, the step log, TensorBoa
 checkpoints. A job SIGKILLed in the middle of epoch 1 and resumed with --resume latest ends
 with the metrics, losses and weights of the uninterrupted job, and draws the same soft subsets.
 """
-import csv
-import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import torch
 
-from psd_train.demo.data import build_demo_data
-from psd_train.demo.model import TRAIN_FLAGS, create_demo_model
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import csv  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from psd_train.demo.data import build_demo_data  # noqa: E402
+from psd_train.demo.model import TRAIN_FLAGS, create_demo_model  # noqa: E402
 
 WORKER = Path(__file__).with_name("train_distributed_worker.py")
 STEPS = 8  # 64 rows / (2 ranks x 8 rows) = 4 steps per epoch, 2 epochs

@@ -2,18 +2,20 @@
 
     .venv/bin/python -m pytest tests/test_train_errors.py -q
 """
-import os
-import subprocess
-import sys
-
-import pandas as pd
 import pytest
 
-from psd_train.checkpoint import CheckpointError
-from psd_train.datafiles import DataFileError
-from psd_train.errors import FlagError, run_command
-from psd_train.main import main
-from test_train import argv, data  # noqa: F401  (data is a fixture)
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from psd_train.checkpoint import CheckpointError  # noqa: E402
+from psd_train.datafiles import DataFileError  # noqa: E402
+from psd_train.errors import FlagError, run_command  # noqa: E402
+from psd_train.main import main  # noqa: E402
+from test_train import argv, data  # noqa: E402,F401  (data is a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

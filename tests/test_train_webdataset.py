@@ -5,15 +5,19 @@
 Needs the webdataset that open_clip_train 3.3 is written for (<= 0.2.86, pinned in
 requirements.txt and bounded in the [train] extra).
 """
-import os
-import tarfile
+import pytest
 
-import pandas as pd
+pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
+pytest.importorskip("webdataset", reason="needs the training extras: pip install '.[train]'")
+import os  # noqa: E402
+import tarfile  # noqa: E402
 
-from psd_train.checkpoint import load_checkpoint
-from psd_train.demo.model import TRAIN_FLAGS
-from psd_train.main import main
-from test_train import data, read_steps  # noqa: F401  (data is a fixture)
+import pandas as pd  # noqa: E402
+
+from psd_train.checkpoint import load_checkpoint  # noqa: E402
+from psd_train.demo.model import TRAIN_FLAGS  # noqa: E402
+from psd_train.main import main  # noqa: E402
+from test_train import data, read_steps  # noqa: E402,F401  (data is a fixture)
 
 SHARDS, PER_SHARD = 4, 16
 

@@ -2,7 +2,9 @@
 
     python -m psd_train.demo.report runs/sweep/results.csv          # the paired-seed tables (markdown)
 
-summarize(results_csv)  per data size and noise level: each method's mean and spread (sample
+summarize(results_csv)  the PSD settings each method ran with (where results.csv records them:
+                        the SETTINGS columns, written by the sweep since they exist), then
+                        per data size and noise level: each method's mean and spread (sample
                         std over seeds) of every headline metric, the paired differences to CLIP
                         (method minus CLIP on the same seed and data: mean, 95% paired t
                         interval over seeds and how many seeds the method won) and, where clean-caption CLIP ran on the same
@@ -29,6 +31,13 @@ HEADLINE = {"zeroshot_top1": "zero-shot", "i2t_r1": "i2t R@1", "t2i_r1": "t2i R@
 EXTRA = {"memorised_r1": "memorised"}
 LOWER_IS_BETTER = {"memorised_r1"}
 LABELS = {**HEADLINE, **EXTRA}
+# The PSD settings a sweep run used, as the trainer resolved them (psd_train.args.SCHEDULE_FLAGS):
+# results.csv columns; empty where the trainer's default applies (no ramp given: all of the run; no
+# teacher scale: the teacher's own; no preset: the soft fraction, default 1) or the setting does not
+# apply (the EMA momentum of a teacher that is not EMA). Older results.csv files lack them.
+SETTINGS = ("psd_teacher", "psd_teacher_mode", "psd_alpha_max", "psd_schedule", "psd_ramp_epochs",
+            "psd_ramp_steps", "psd_ema_momentum", "psd_teacher_scale", "psd_soft_fraction",
+            "psd_soft_fraction_preset")
 
 
 def _pct(x: float) -> str:
@@ -53,7 +62,7 @@ def summarize(results_csv: str, metrics=tuple(LABELS), baseline: str = "clip") -
     frame = pd.read_csv(results_csv)
     metrics = [m for m in metrics if m in frame.columns]
     order = list(dict.fromkeys(frame["method"]))
-    out = []
+    out = settings_table(frame, order)
     for title, key, at_noise in _groups(frame):
         seeds = sorted(int(s) for s in at_noise["seed"].unique())
         out.append(f"\n### {title}: mean ± std over seeds {seeds} (percent)\n")
@@ -70,6 +79,56 @@ def summarize(results_csv: str, metrics=tuple(LABELS), baseline: str = "clip") -
         out.extend(_paired_table(at_noise, order, metrics, baseline))
         out.extend(_gap_recovered(frame, key, at_noise, order, baseline))
     return "\n".join(out)
+
+
+def _given(value) -> bool:
+    return not (value is None or (isinstance(value, float) and np.isnan(value)) or value == "")
+
+
+def _number(value) -> str:
+    return f"{float(value):g}"
+
+
+def settings_cells(row) -> list[str]:
+    """teacher, teacher mode, alpha max, schedule, ramp, EMA momentum, teacher scale, soft fraction of
+    one results.csv row (its SETTINGS columns)."""
+    if float(row["psd_alpha_max"]) == 0:
+        return ["none (alpha 0)", "-", "0", "-", "-", "-", "-", "-"]
+    if row["psd_schedule"] == "constant":
+        ramp = "none (constant)"
+    elif _given(row["psd_ramp_steps"]):
+        ramp = f"{int(row['psd_ramp_steps'])} steps"
+    elif _given(row["psd_ramp_epochs"]):
+        ramp = f"{_number(row['psd_ramp_epochs'])} epochs"
+    else:
+        ramp = "whole run"
+    momentum = _number(row["psd_ema_momentum"]) if _given(row["psd_ema_momentum"]) else "-"
+    scale = _number(row["psd_teacher_scale"]) if _given(row["psd_teacher_scale"]) else "own"
+    if _given(row["psd_soft_fraction_preset"]):
+        fraction = f"preset {row['psd_soft_fraction_preset']}"
+    else:
+        fraction = _number(row["psd_soft_fraction"]) if _given(row["psd_soft_fraction"]) else "1"
+    return [str(row["psd_teacher"]), str(row["psd_teacher_mode"]), _number(row["psd_alpha_max"]),
+            str(row["psd_schedule"]), ramp, momentum, scale, fraction]
+
+
+def settings_table(frame: pd.DataFrame, order: list) -> list[str]:
+    """Lines of the table of the PSD settings each method ran with; [] for a results.csv without
+    the SETTINGS columns. A method whose runs differ lists each variant (a / b)."""
+    if not set(SETTINGS) <= set(frame.columns):
+        return []
+    lines = []
+    for method in order:
+        rows = frame[(frame["method"] == method) & frame["psd_alpha_max"].notna()]
+        variants = list(dict.fromkeys(tuple(settings_cells(r)) for _, r in rows.iterrows()))
+        if not variants:
+            lines.append(f"| {method} | " + " | ".join(["not recorded"] * 8) + " |")
+            continue
+        cells = [" / ".join(dict.fromkeys(v[i] for v in variants)) for i in range(8)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return ["\n### PSD settings each method ran with (the trainer's defaults where the method sets nothing)\n",
+            "| method | teacher | teacher mode | alpha max | alpha schedule | alpha ramp | EMA momentum | "
+            "teacher scale | soft fraction |", "|---|" + "---|" * 8, *lines]
 
 
 def paired_interval(diff: pd.Series, level: float = 0.95) -> tuple[float, float, float]:

@@ -14,7 +14,7 @@ pairs; psd_train.demo.evaluate); the demo prints the table and saves a plot of t
 accuracy curves (clean-caption CLIP as the reference line) and the alpha schedule. Everything
 lands under --out (default runs/demo): the data, each run's open_clip_train log, TensorBoard
 events, psd_steps.csv / psd_metrics.csv and checkpoints.
-One seed is one draw: `python -m psd_train.sweep` gives the paired-seed comparison (docs/demo.md).
+One seed is one draw: `python -m psd_train.demo.sweep` gives the paired-seed comparison (docs/demo.md).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from psd_train.demo.data import build_demo_data
+from psd_train.demo.plugin import PLUGIN
 from psd_train.demo.report import plot_runs, results_table
 from psd_train.demo.sweep import METHODS, method_flags, train_flags
 from psd_train.main import main as train_main
@@ -53,7 +54,9 @@ def _parallel(requested: bool | None) -> bool:
 
 
 def _train(argv: list[str]) -> dict:
-    return train_main(argv)
+    """One trainer run with the demo's plugin (psd-tiny, the demo evaluations), in this process or
+    in a pool's process: each process registers the model itself, inside train_main."""
+    return train_main(argv, plugins=[PLUGIN])
 
 
 def main(argv=None) -> dict:
@@ -108,7 +111,7 @@ def main(argv=None) -> dict:
     if side_by_side:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-            futures = {label: pool.submit(_train, argv_of(d, name, METHODS["clip"], 1, False))
+            futures = {label: pool.submit(_train, argv_of(d, name, method_flags("clip"), 1, False))
                        for label, (d, name) in clip_runs.items()}
             for label, future in futures.items():
                 results[label] = future.result()
@@ -116,12 +119,12 @@ def main(argv=None) -> dict:
                       f"({time.time() - start:.0f} s)", flush=True)
     else:
         for label, (d, name) in clip_runs.items():
-            results[label] = train_main(argv_of(d, name, METHODS["clip"], threads, True))
+            results[label] = _train(argv_of(d, name, method_flags("clip"), threads, True))
 
     clip_checkpoint = results[noisy_label]["checkpoint"]
     print(f"[3/4] training {method_label}: flags {' '.join(method_flags(a.method, clip_checkpoint))}"
           + (f", {threads} thread" if threads else ""), flush=True)
-    results[method_label] = train_main(argv_of(data, a.method, method_flags(a.method, clip_checkpoint), threads, True))
+    results[method_label] = _train(argv_of(data, a.method, method_flags(a.method, clip_checkpoint), threads, True))
 
     order = [noisy_label, method_label] + ([clean_label] if clean is not None else [])
     metrics = {label: results[label]["metrics"] for label in order}

@@ -1,9 +1,9 @@
 """The paired-seed comparison: CLIP vs PSD teachers at several caption-noise levels and data sizes.
 
-    python -m psd_train.sweep --out runs/sweep                 # run (resumable), then summarise
-    python -m psd_train.sweep --out runs/sweep --summarize     # only the tables, from results.csv
-    python -m psd_train.sweep --out runs/regime --methods clip --n-train 2000 4000 --epochs 30 15
-                                                               # the noise regime: CLIP only, two sizes
+    python -m psd_train.demo.sweep --out runs/sweep                 # run (resumable), then summarise
+    python -m psd_train.demo.sweep --out runs/sweep --summarize     # only the tables, from results.csv
+    python -m psd_train.demo.sweep --out runs/regime --methods clip --n-train 2000 4000 --epochs 30 15
+                                                                    # the noise regime: CLIP only, two sizes
 
 Every (data size, seed, noise) triple gets its own demo data (the seed fixes the split,
 placement, templates and which captions are swapped) and every method trains on it from
@@ -14,22 +14,27 @@ seed by seed and noise by noise, CLIP first, so an interrupted sweep leaves comp
 finished runs are rows of <out>/results.csv and are skipped when the sweep is started again.
 Each run evaluates every --eval-every epochs (<out>/logs/<run>/psd_metrics.csv: the curves).
 
-Methods (METHODS; alpha is the soft-target weight of PSDLoss):
+Methods (METHODS): each is one of the trainer's --psd-teacher kinds (self, ema, prev_epoch,
+distill) with its --psd-alpha-max (the soft-target weight of PSDLoss) and the flags it sets
+otherwise; every other setting is the trainer's default (python -m psd_train --help: alpha
+ramping linearly over the whole run, EMA momentum 0.99, the teacher's own scale, every row
+soft). Each row of results.csv records the settings the run used (SETTINGS, as the trainer
+resolved them) and the summary's first table shows them per method.
     clip         plain CLIP (alpha = 0)
-    pskd         previous-epoch teacher, alpha ramping linearly to 0.8 over the run (PS-KD)
-    albef_ema    EMA teacher, momentum 0.995, alpha 0.4 reached after one epoch (ALBEF)
-    ema_teacher  EMA teacher at the trainer's default momentum (0.99), alpha 0.4 reached after one
-                 epoch
-    self_sharp   the student itself at a lower temperature (fixed teacher scale 30; the
-                 student's own scale stays near 14-19 here), alpha ramping to 0.5
-    born_again   a frozen teacher: the final checkpoint of this sweep's CLIP run on the same
-                 data and seed (open_clip's --distill-model psd-tiny --distill-pretrained CKPT),
-                 alpha 0.5 from the first step
+    pskd         prev_epoch, alpha 0.8 (PS-KD)
+    albef_ema    ema, alpha 0.4 reached after one epoch, momentum 0.995 (ALBEF's, not the default)
+    ema_teacher  ema, alpha 0.4 reached after one epoch (the default momentum)
+    self_sharp   self at a lower temperature: teacher scale 30 (the student's own scale stays
+                 near 14-19 here), alpha 0.5
+    born_again   distill: the final checkpoint of this sweep's CLIP run on the same data and seed
+                 (open_clip's --distill-model psd-tiny --distill-pretrained CKPT), alpha 0.5 from
+                 the first step (constant schedule)
     progressive  pskd with the seed paper's progressive soft subset (--psd-soft-fraction-preset
                  seed: 10% of each batch's rows soft in the first epoch, 10% more each epoch, all
                  from the 10th); pskd itself softens every row
     self, self_scale7, ema, prev_epoch, within_modality
-                 the earlier short-budget teachers (alpha ramping to 0.3)
+                 the earlier short-budget teachers, alpha 0.3 (self_scale7: teacher scale 7; ema:
+                 momentum 0.95; within_modality: self with --psd-teacher-mode within_modality)
 """
 from __future__ import annotations
 
@@ -39,10 +44,13 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 
+from psd_train.args import TEACHERS
 from psd_train.demo.data import SOURCES, build_demo_data
 from psd_train.demo.model import DEMO_MODEL, TRAIN_FLAGS
-from psd_train.demo.report import regime_tables, summarize
+from psd_train.demo.plugin import PLUGIN
+from psd_train.demo.report import SETTINGS, regime_tables, summarize
 from psd_train.errors import FlagError, run_command
 from psd_train.main import main as train_main
 from psd_train.runlog import append_csv_rows
@@ -50,27 +58,47 @@ from psd_train.runlog import append_csv_rows
 # Stands for the final checkpoint of the CLIP run with the same data and seed.
 CLIP_CHECKPOINT = "{clip_checkpoint}"
 
-# method -> its PSD flags.
-ALPHA = "0.3"
+
+@dataclass(frozen=True)
+class Method:
+    """A PSD teacher of the sweep: the trainer's --psd-teacher kind, its --psd-alpha-max, and the
+    flags where it departs from the trainer's defaults (flag -> value); nothing else is set."""
+
+    teacher: str
+    alpha_max: float
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        assert self.teacher in TEACHERS, self.teacher
+
+    def flags(self) -> list[str]:
+        out = ["--psd-teacher", self.teacher, "--psd-alpha-max", f"{self.alpha_max:g}"]
+        for flag, value in self.overrides.items():
+            out += [flag, value]
+        return out
+
+
+ALPHA = 0.3
+ONE_EPOCH = {"--psd-ramp-epochs": "1"}
 METHODS = {
-    "clip": ["--psd-alpha-max", "0"],
-    "pskd": ["--psd-alpha-max", "0.8", "--psd-teacher", "prev_epoch"],
-    "albef_ema": ["--psd-alpha-max", "0.4", "--psd-teacher", "ema", "--psd-ema-momentum", "0.995",
-                  "--psd-ramp-epochs", "1"],
-    "ema_teacher": ["--psd-alpha-max", "0.4", "--psd-teacher", "ema", "--psd-ramp-epochs", "1"],
-    "self_sharp": ["--psd-alpha-max", "0.5", "--psd-teacher-scale", "30"],
-    "born_again": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--distill-model", DEMO_MODEL,
-                   "--distill-pretrained", CLIP_CHECKPOINT],
-    "progressive": ["--psd-alpha-max", "0.8", "--psd-teacher", "prev_epoch", "--psd-soft-fraction-preset", "seed"],
-    # the earlier short-budget teachers
-    "self": ["--psd-alpha-max", ALPHA],
-    "self_scale7": ["--psd-alpha-max", ALPHA, "--psd-teacher-scale", "7"],
-    "ema": ["--psd-alpha-max", ALPHA, "--psd-teacher", "ema", "--psd-ema-momentum", "0.95"],
-    "prev_epoch": ["--psd-alpha-max", ALPHA, "--psd-teacher", "prev_epoch"],
-    "within_modality": ["--psd-alpha-max", ALPHA, "--psd-teacher-mode", "within_modality"],
+    "clip": Method("self", 0.0),
+    "pskd": Method("prev_epoch", 0.8),
+    "albef_ema": Method("ema", 0.4, {"--psd-ema-momentum": "0.995", **ONE_EPOCH}),
+    "ema_teacher": Method("ema", 0.4, ONE_EPOCH),
+    "self_sharp": Method("self", 0.5, {"--psd-teacher-scale": "30"}),
+    "born_again": Method("distill", 0.5, {"--psd-schedule": "constant", "--distill-model": DEMO_MODEL,
+                                          "--distill-pretrained": CLIP_CHECKPOINT}),
+    "progressive": Method("prev_epoch", 0.8, {"--psd-soft-fraction-preset": "seed"}),
+    # the short-budget teachers (4 epochs, lr 2e-3)
+    "self": Method("self", ALPHA),
+    "self_scale7": Method("self", ALPHA, {"--psd-teacher-scale": "7"}),
+    "ema": Method("ema", ALPHA, {"--psd-ema-momentum": "0.95"}),
+    "prev_epoch": Method("prev_epoch", ALPHA),
+    "within_modality": Method("self", ALPHA, {"--psd-teacher-mode": "within_modality"}),
 }
 DEFAULT_METHODS = ("clip", "pskd", "albef_ema", "self_sharp", "born_again", "progressive")
 RESULTS = "results.csv"
+PROG = "python -m psd_train.demo.sweep"
 
 
 def train_flags(data: dict, *, batch_size: int, epochs: int, lr: float, warmup: int, seed: int,
@@ -87,14 +115,23 @@ def train_flags(data: dict, *, batch_size: int, epochs: int, lr: float, warmup: 
 
 
 def method_flags(method: str, clip_checkpoint: str | None = None) -> list[str]:
-    """METHODS[method] with the CLIP checkpoint filled in (born_again)."""
-    flags = list(METHODS[method])
+    """METHODS[method]'s trainer flags, with the CLIP checkpoint filled in (born_again)."""
+    flags = METHODS[method].flags()
     if CLIP_CHECKPOINT in flags:
         if clip_checkpoint is None or not os.path.isfile(clip_checkpoint):
             raise FlagError(f"method {method} needs the finished CLIP run of the same data and seed as its "
                             f"teacher; {clip_checkpoint} does not exist (run --methods clip first)")
         flags[flags.index(CLIP_CHECKPOINT)] = clip_checkpoint
     return flags
+
+
+def settings_row(settings: dict) -> dict:
+    """The columns SETTINGS of results.csv from the settings a run returned (psd_train.main.main's
+    "settings"): the EMA momentum only for the EMA teacher (no other teacher uses it)."""
+    row = {name: settings.get(name) for name in SETTINGS}
+    if row["psd_teacher"] != "ema":
+        row["psd_ema_momentum"] = None
+    return row
 
 
 def run_name(method: str, n_train: int, noise: float, seed: int) -> str:
@@ -144,9 +181,10 @@ def run_sweep(a) -> None:
                     result = train_main([*train_flags(data, batch_size=a.batch_size, epochs=epochs_of[n_train],
                                                       lr=a.lr, warmup=a.warmup, seed=seed, threads=a.threads),
                                          *flags, "--logs", logs, "--name", name, "--psd-quiet",
-                                         "--psd-eval-every", str(a.eval_every)])
+                                         "--psd-eval-every", str(a.eval_every)], plugins=[PLUGIN])
                     row = {"method": method, "noise": noise, "seed": seed, "epochs": epochs_of[n_train],
-                           "n_train": n_train, "n_test": a.n_test, "source": a.source, "lr": a.lr, "wall_s": round(time.time() - start, 1),
+                           "n_train": n_train, "n_test": a.n_test, "source": a.source, "lr": a.lr,
+                           "wall_s": round(time.time() - start, 1), **settings_row(result["settings"]),
                            **result["metrics"]}
                     append_csv_rows(results, tuple(row), [row])
                     print(f"    {row['wall_s']} s  zero-shot {row.get('zeroshot_top1', float('nan')):.3f}",
@@ -154,7 +192,7 @@ def run_sweep(a) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m psd_train.sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 0.5])
@@ -186,4 +224,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command("python -m psd_train.sweep", "psd_train.demo.sweep:main"))
+    sys.exit(run_command(PROG, "psd_train.demo.sweep:main"))

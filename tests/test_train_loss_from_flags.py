@@ -1,6 +1,6 @@
 """The --psd-* schedule flags -> PSDLoss: alpha ramp, soft-fraction schedule and preset, one step per optimizer step.
 
-    .venv/bin/python -m pytest tests/test_train_schedules.py -q
+    .venv/bin/python -m pytest tests/test_train_loss_from_flags.py -q
 """
 import argparse
 
@@ -8,7 +8,7 @@ import pytest
 
 from psd_train.args import split_args
 from psd_train.errors import FlagError
-from psd_train.loss import make_loss
+from psd_train.loss_from_flags import make_loss
 
 STEPS_PER_EPOCH = 10
 
