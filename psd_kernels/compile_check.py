@@ -8,7 +8,8 @@
 The variants come from the launcher itself (psd_kernels.launches): psd_loss / psd_clip_loss
 and their backward run on meta tensors for every case of the matrix (B, D, D', teacher case,
 symmetric and one direction, aligned and offset inputs, reductions "none" and "mean": the latter
-the one-sweep forward and the cross-term gradient tiles of a teacher with statistics of its own),
+the one-sweep forward and the cross-term gradient tiles of a teacher with statistics of its own;
+the symmetric cases also under PSD_TRITON_COLUMN_STATS=sweep, two forward sweeps),
 every launch is recorded for every config the prune functions keep, and Triton's own binder
 specialises it from the real argument values (ints divisible by 16, ints equal to 1, 16-byte
 aligned pointers). Identical

@@ -16,7 +16,12 @@ the symmetric loss with a teacher of statistics of its own, the one forward swee
 partials and the gradient tiles with the cross terms, CROSS, formed in the forward). "sum"
 launches exactly what "mean" does (only the host-side weight differs), so it is not recorded.
 Products whose output tiles are too few for the SMs split K over a third grid axis; the host
-decides that from the recorded device's SM count, so the recording sees it.
+decides that from the recorded device's SM count, so the recording sees it. The symmetric cases
+are recorded once more under PSD_TRITON_COLUMN_STATS=sweep (the launcher's switch to a second
+forward sweep instead of column partials; the variable is restored after each call): a self
+teacher then launches the forward with LABELS_DIAG=1, COL_STATS=0, TEACHER=0, which no other case
+does. Launches that several cases make specialise identically; psd_kernels.compile_check compiles
+each specialisation once.
 
 For an autotuned kernel every config its prune function keeps is recorded (the autotuner
 could pick any of them). Each launch is then specialised with Triton's own binder for the
@@ -30,6 +35,7 @@ import contextlib
 import dataclasses
 import importlib
 import math
+import os
 
 import torch
 
@@ -37,6 +43,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BATCHES = (1000, 4097, 32768, 65536)
 DIMS = (64, 100, 256, 500, 512, 768, 1024, 1152, 1280, 1536)
 TEACHERS = ("self", "self_scaled", "separate", "within_modality")
+# PSD_TRITON_COLUMN_STATS: "partials" (the launcher's default) and "sweep" (a second forward sweep
+# instead of column partials). The launcher reads the switch for the symmetric loss only.
+COLUMN_STATS = ("partials", "sweep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +60,13 @@ class Case:
     symmetric: bool = True
     offset: bool = False         # inputs that start 2 bytes into an allocation (not 16-byte aligned)
     reduction: str = "none"      # "none" (per-row upstream gradients) or "mean" (the fused path; "sum" launches the same)
+    column_stats: str = "partials"  # PSD_TRITON_COLUMN_STATS during the call
 
     def __str__(self):
         width = f"D={self.d}" + (f" D'={self.dt}" if self.teacher == "separate" else "")
         return (f"{'clip' if self.symmetric else 'one-direction'} B={self.b} {width} {self.teacher} {self.dtype}"
-                + (" offset" if self.offset else "") + (f" {self.reduction}" if self.reduction != "none" else ""))
+                + (" offset" if self.offset else "") + (f" {self.reduction}" if self.reduction != "none" else "")
+                + (f" COLUMN_STATS={self.column_stats}" if self.column_stats != "partials" else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +104,9 @@ class Launch:
 def cases(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHERS) -> list:
     """The matrix for one dtype: every B, D and teacher case, symmetric and one-direction, aligned
     and offset inputs, reductions "none" and "mean"; a separate teacher at D' = D and, at D = 512,
-    at every other D'."""
+    at every other D'. The symmetric cases once more under PSD_TRITON_COLUMN_STATS=sweep (two
+    forward sweeps without column partials; "mean" then launches what "none" does); the
+    one-direction loss does not read the switch."""
     out = []
     for b in batches:
         for d in dims:
@@ -105,7 +118,9 @@ def cases(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHERS) -> list:
                     for symmetric in (True, False):
                         for offset in (False, True):
                             for reduction in ("none", "mean"):
-                                out.append(Case(dtype, b, d, teacher, dt, symmetric, offset, reduction))
+                                for column_stats in COLUMN_STATS if symmetric else COLUMN_STATS[:1]:
+                                    out.append(Case(dtype, b, d, teacher, dt, symmetric, offset, reduction,
+                                                    column_stats))
     return out
 
 
@@ -116,8 +131,28 @@ def _meta(rows: int, cols: int, dtype, offset: bool, requires_grad: bool) -> tor
     return t.requires_grad_(requires_grad)
 
 
+@contextlib.contextmanager
+def _column_stats(mode: str):
+    """PSD_TRITON_COLUMN_STATS=mode for the duration (the environment is restored afterwards)."""
+    saved = os.environ.get("PSD_TRITON_COLUMN_STATS")
+    os.environ["PSD_TRITON_COLUMN_STATS"] = mode
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["PSD_TRITON_COLUMN_STATS"]
+        else:
+            os.environ["PSD_TRITON_COLUMN_STATS"] = saved
+
+
 def run_case(case: Case) -> None:
-    """The public call of `case` and its backward (every launch goes to the active recording)."""
+    """The public call of `case` and its backward under its PSD_TRITON_COLUMN_STATS (every launch
+    goes to the active recording)."""
+    with _column_stats(case.column_stats):
+        _run_case(case)
+
+
+def _run_case(case: Case) -> None:
     import psd_kernels
     dtype = DTYPES[case.dtype]
     x, y = (_meta(case.b, case.d, dtype, case.offset, True) for _ in range(2))

@@ -147,15 +147,17 @@ def triton_flops(case: Case, reduction: str = "mean") -> float:
     return triton_forward_sweeps(case, reduction) * 2 * b2 * k + 2 * b2 * k + 4 * b2 * case.dim
 
 
-# The config each Triton kernel runs first (the autotuner may pick another) and its resources from
-# python -m psd_kernels.compile_check --arch 90 --dtype bf16 --D 512 (the larger of the two
-# teacher cases' registers): (BLOCK_M, BLOCK_N, warps, registers per thread, shared memory bytes).
+# The config each Triton kernel runs first (the autotuner may pick another) and its resources on
+# sm_90 at B = 32768, D = D' = 512, bf16, from the whole-matrix python -m psd_kernels.compile_check
+# (Triton 3.8.0; the larger of the two teacher cases' registers, the self teacher at another scale
+# and the separate teacher): (BLOCK_M, BLOCK_N, warps, registers per thread, shared memory bytes).
 TRITON_KERNELS = {
-    "fwd_sym": (128, 32, 8, 255, 82944),    # one sweep with column partials (4 stages)
-    "fwd_sym2": (128, 64, 8, 228, 50176),   # a row sweep (reduction="none": two of them)
-    "grad": (128, 64, 8, 253, 74752),       # gradient tiles (with the cross terms)
-    "gemm": (128, 128, 8, 192, 66560),      # dx chunk, and the first chunk's dy
-    "gemm_acc": (64, 128, 4, 255, 33792),   # dy += s G^T x_chunk
+    "fwd_sym": (128, 32, 8, 255, 82944),    # one sweep with column partials (4 stages): 222 / 255
+    "fwd_sym2": (128, 64, 8, 219, 50176),   # a row sweep (reduction="none": two of them); the
+                                            # separate teacher runs 128 x 32 there (226, 62464)
+    "grad": (128, 64, 8, 255, 74752),       # gradient tiles with the cross terms: 255 / 254
+    "gemm": (128, 128, 8, 112, 99328),      # dx chunk (112), and the first chunk's dy (104)
+    "gemm_acc": (64, 128, 4, 160, 99328),   # dy += s G^T x_chunk
 }
 SM_REGISTERS = 65536
 SM_SHARED = 228 * 1024        # H100/H200: 228 KB per SM, 1 KB of it reserved per CTA

@@ -9,7 +9,8 @@ and 32768, the separate teacher (the most registers) and the self teacher (the o
 forward), bf16 on sm_90 and sm_100 and fp16 on sm_80. `make compile-check` runs the whole matrix.
 The recording covers the reduction mean (and sum, which launches the same kernels): with a teacher
 of statistics of its own that is the one-sweep forward and the gradient tiles with the cross
-terms (CROSS); products whose output tiles are few split K over a third grid axis.
+terms (CROSS); products whose output tiles are few split K over a third grid axis. The symmetric
+cases are recorded under PSD_TRITON_COLUMN_STATS=sweep too (two forward sweeps).
 
     .venv/bin/python -m pytest tests/test_compile_check.py
 
@@ -174,6 +175,34 @@ def test_recorded_mean_takes_the_one_sweep_and_the_cross_terms():
     assert {_tile(launch) + (launch.option("num_stages"),) for launch in blackwell
             if _kernel(launch) == "_psd_fwd_kernel"} == {(128, 32, 4)}
     assert {_tile(launch) for launch in blackwell if _kernel(launch) == "_psd_grad_kernel"} == {(128, 32)}
+
+
+@compiled
+def test_column_stats_sweep_is_recorded_and_the_environment_restored(monkeypatch):
+    """PSD_TRITON_COLUMN_STATS=sweep: the symmetric loss runs two forward sweeps without column
+    partials (a self teacher: LABELS_DIAG=1, COL_STATS=0, TEACHER=0, launched by no other case); the
+    matrix records it, the compile check compiles its variants, and the variable is restored."""
+    matrix = launches.cases("bf16", batches=(4097,), dims=(512,), teachers=("self",))
+    assert {c.column_stats for c in matrix if c.symmetric} == {"partials", "sweep"}
+    assert {c.column_stats for c in matrix if not c.symmetric} == {"partials"}   # the switch is not read there
+    sweep_fwd = dict(TEACHER=0, LABELS_DIAG=True, COL_STATS=False)
+
+    def sweeps(launches_):
+        return [launch for launch in launches_ if _kernel(launch) == "_psd_fwd_kernel"
+                and all(launch.constexpr(k) == v for k, v in sweep_fwd.items())]
+
+    for saved in (None, "partials"):
+        if saved is None:
+            monkeypatch.delenv("PSD_TRITON_COLUMN_STATS", raising=False)
+        else:
+            monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", saved)
+        swept = _recorded(90, b=4097, d=512, teacher="self", column_stats="sweep")
+        assert os.environ.get("PSD_TRITON_COLUMN_STATS") == saved
+    assert len(sweeps(swept)) == 2 * 4   # both sweeps, the four kept configs of a 64-wide forward
+    assert not sweeps(_recorded(90, b=4097, d=512, teacher="self"))
+    variants, _ = compile_check.collect((90,), ("bf16",), (4097,), (512,), ("self",))
+    assert len(sweeps([v.launch for v in variants])) == 4
+    assert all("COLUMN_STATS=sweep" in v.example for v in variants if sweeps([v.launch]))
 
 
 @compiled

@@ -49,6 +49,9 @@ def test_triton_launches_at_b_32768():
     # two chunks of 16384 rows: G tiles 128 x 256 tiles each, dx 128 x 4, dy 256 x 4 then 512 x 4
     kinds = [(x.kernel, x.count, x.programs) for x in launches[1:]]
     assert kinds == [("grad", 2, 128 * 512), ("gemm", 2, 128 * 4), ("gemm", 1, 256 * 4), ("gemm_acc", 1, 512 * 4)]
+    # sm_90 resources (TRITON_KERNELS): the 8-warp forward and gradient tiles one CTA per SM, the
+    # products two (128 x 128 at 112 registers and 64 x 128 at 160, 97 KiB of shared memory each)
+    assert [x.ctas for x in launches] == [1, 1, 2, 2, 2]
     assert sum(x.count * x.flops for x in launches) == R.triton_flops(R.CASES[1])
     # B = 1,048,576: 512-row chunks, whose dx product (4 x 4 output tiles) splits K = B in 16
     big = R.triton_launches(R.CASES[2], R.H100_SXM)
