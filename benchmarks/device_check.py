@@ -450,7 +450,7 @@ def tuned_configs(rec):
     """What the autotuner picked, per key (swept length bucket, D, D', teacher, ..., dtypes)."""
     from triton.runtime.autotuner import Autotuner
 
-    from psd_kernels import triton_kernels
+    from psd_kernels.backends.triton import kernels as triton_kernels
     rec.line("## Autotuned configs")
     rec.line()
     picks = [(name, key, config) for name, kernel in vars(triton_kernels).items() if isinstance(kernel, Autotuner)

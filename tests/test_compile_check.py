@@ -27,7 +27,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from psd_kernels import compile_check, launches  # noqa: E402
+from psd_kernels.tools import compile_check, launches  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 compiled = pytest.mark.skipif(INTERPRETED, reason="TRITON_INTERPRET=1: test_without_the_interpreter runs this "

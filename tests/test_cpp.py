@@ -17,9 +17,9 @@ import torch
 
 import psd_kernels
 from psd_kernels import backends
-from psd_kernels.info import build_info
+from psd_kernels.tools.info import build_info
 
-cpp = pytest.importorskip("psd_kernels.cpp", reason="psd_kernels._C is not built "
+cpp = pytest.importorskip("psd_kernels.backends.cpp", reason="psd_kernels._C is not built "
                           "(pip install --no-build-isolation -e .)", exc_type=ImportError)
 
 HAS_CUDA = torch.cuda.is_available()
@@ -261,7 +261,7 @@ def test_cuda_matches_reference(dtype):
 
 
 def test_info_command(capsys):
-    from psd_kernels import info
+    from psd_kernels.tools import info
     assert info.main([]) == 0
     out = capsys.readouterr().out
     assert "cpu_built: True" in out and "cuda_built:" in out

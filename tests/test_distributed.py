@@ -30,7 +30,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from psd_kernels import PSDLoss, SoftSubset, available_backends, psd_clip_loss, reference
+from psd_kernels import PSDLoss, SoftSubset, available_backends, psd_clip_loss
+from psd_kernels.backends import reference
 from psd_kernels.distributed import psd_clip_loss_distributed
 from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from psd_kernels import grid
+from psd_kernels.backends.triton import grid
 
 
 def test_waves_and_equal_programs():

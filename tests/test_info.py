@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from psd_kernels import info
+from psd_kernels.tools import info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NVCC_13 = "\n".join(f"compute_{c}" for c in (75, 80, 86, 87, 88, 89, 90, 100, 110, 103, 120, 121)) + "\n"

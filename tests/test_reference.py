@@ -7,7 +7,7 @@ import torch
 
 from exact import one_direction
 from psd_kernels import psd_clip_loss, psd_loss
-from psd_kernels import reference
+from psd_kernels.backends import reference
 
 F64 = torch.float64
 TEACHERS = ("self", "self_scaled", "separate")

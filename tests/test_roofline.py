@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from psd_kernels import roofline as R
+from psd_kernels.tools import roofline as R
 
 # B = 16384, D = 64, a separate teacher of width D' = 32; B^2 = 268,435,456.
 SMALL = R.Case("small", 16384, 64, "separate", 32)

@@ -164,7 +164,7 @@ def test_symmetric_column_sweep(teacher, monkeypatch):
 @pytest.mark.parametrize("teacher", TEACHERS)
 def test_backward_over_several_gradient_chunks(teacher):
     """The backward's G chunks: rows in several chunks, dy accumulated over them, ds summed."""
-    from psd_kernels import triton_psd
+    from psd_kernels.backends.triton import launcher as triton_psd
     for rows, cols in ((50, 97), (70, 70)):
         assert triton_psd._chunk_rows(rows, cols, 4) < rows  # more than one chunk at these sizes
     check_one_direction(50, 97, 20, torch.float32, "cpu", teacher)
@@ -175,7 +175,7 @@ def test_backward_over_several_gradient_chunks(teacher):
 def test_products_split_k_when_their_tiles_are_few():
     """dx of a 16-row chunk against 97 columns has two output tiles, too few for the (interpreted)
     SMs: K splits over the grid into two partial products, summed on the host."""
-    from psd_kernels import triton_psd
+    from psd_kernels.backends.triton import launcher as triton_psd
     assert triton_psd._k_splits(16, 20, 97, torch.device("cpu")) == (2, 64)
     assert triton_psd._k_splits(16, 20, 31, torch.device("cpu")) == (1, 31)   # too short to split
     check_one_direction(50, 97, 20, torch.float32, "cpu", "separate")
@@ -234,7 +234,7 @@ def test_padded_widths_and_offset_inputs(dtype):
     """Widths that are not multiples of 16 (the host appends zero columns) and embeddings that start
     2 or 4 bytes into their allocation (the host copies them aligned): the loss and the gradients
     match the reference, and the gradients come back at the caller's width."""
-    from psd_kernels import triton_psd
+    from psd_kernels.backends.triton import launcher as triton_psd
     x = _shifted(_embed(5, 500, dtype, "cpu"))
     assert x.data_ptr() % 16 and triton_psd._operand(x).shape == (5, 512)
     assert triton_psd._operand(x).data_ptr() % 16 == 0 and triton_psd._operand(x)[:, 500:].abs().sum() == 0
@@ -268,7 +268,7 @@ def test_teacher_gets_no_gradient_and_alpha_zero_is_clip():
 
 
 def test_supports_names_the_reason():
-    triton_psd = pytest.importorskip("psd_kernels.triton_psd")
+    triton_psd = pytest.importorskip("psd_kernels.backends.triton.launcher")
     assert "float64" in triton_psd.supports(torch.device("cuda"), torch.float64)
     if not INTERPRETED:
         assert "TRITON_INTERPRET" in triton_psd.supports(torch.device("cpu"), torch.float32)
@@ -281,7 +281,7 @@ def test_config_lists_and_pruning():
     """The GPU config lists: 64-row tiles on 4 warps and 128-row tiles on 8 (one warpgroup per 64
     rows, what wgmma needs); pruning keeps every config for 16-bit inputs and only small tiles
     for fp32, never none. psd_kernels.compile_check proves the kept ones spill-free."""
-    kernels = pytest.importorskip("psd_kernels.triton_kernels")
+    kernels = pytest.importorskip("psd_kernels.backends.triton.kernels")
     for configs in (kernels.FWD_CONFIGS, kernels.GRAD_CONFIGS, kernels.GEMM_CONFIGS):  # before the per-kernel rules
         assert 1 < len(configs) < 16
         assert all(c.num_warps == 4 * (c.kwargs["BLOCK_M"] // 64) or c.kwargs["BLOCK_N"] <= 64 for c in configs)

@@ -43,9 +43,9 @@ BACKENDS = ("reference", "cpp", "triton")
 
 # backend name -> module path
 _MODULES = {
-    "reference": "psd_kernels.reference",
-    "cpp": "psd_kernels.cpp",
-    "triton": "psd_kernels.triton_psd",
+    "reference": "psd_kernels.backends.reference",
+    "cpp": "psd_kernels.backends.cpp",
+    "triton": "psd_kernels.backends.triton.launcher",
 }
 
 

@@ -78,7 +78,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from psd_kernels.grid import balanced_grid, group_split_efficiency, wave_efficiency
+from psd_kernels.backends.triton.grid import balanced_grid, group_split_efficiency, wave_efficiency
 
 BF16_BYTES = 2
 FP32_BYTES = 4

@@ -220,7 +220,9 @@ def _recording(arch: int, sms: int, sink):
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    from psd_kernels import triton_kernels, triton_psd, validation
+    from psd_kernels import validation
+    from psd_kernels.backends.triton import kernels as triton_kernels
+    from psd_kernels.backends.triton import launcher as triton_psd
 
     def autotuned(self, *args, **kwargs):
         self.nargs = dict(zip(self.arg_names, args))

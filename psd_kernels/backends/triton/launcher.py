@@ -52,8 +52,8 @@ import os
 import torch
 import triton
 
-from psd_kernels import triton_kernels as K
-from psd_kernels.grid import balanced_grid
+from psd_kernels.backends.triton import kernels as K
+from psd_kernels.backends.triton.grid import balanced_grid
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Largest G chunk of the backward (rows x columns x element size); interpreted tests use

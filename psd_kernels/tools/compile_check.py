@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 
-from psd_kernels import launches
+from psd_kernels.tools import launches
 
 ARCHS = (80, 90, 100)
 DTYPES = ("bf16", "fp16", "fp32")
