@@ -87,13 +87,13 @@ def test_wide_float64(m, n, d):
                   teacher_x=tx, teacher_y=ty, teacher_scale=9.0))
 
 
-TEACHERS = ("self", "self_rescaled", "separate", "separate_same_scale")
+TEACHERS = ("self", "self_scaled", "separate", "separate_same_scale")
 
 
 def _teacher(kind, m, n, dtype, device="cpu"):
     if kind == "self":
         return {}
-    if kind == "self_rescaled":
+    if kind == "self_scaled":
         return dict(teacher_scale=30.0)
     t = dict(teacher_x=_embed(m, 17, dtype, device), teacher_y=_embed(n, 17, dtype, device))
     return t if kind == "separate_same_scale" else dict(t, teacher_scale=5.0)

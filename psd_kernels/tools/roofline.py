@@ -3,8 +3,8 @@
     .venv/bin/python -m psd_kernels.roofline            # a table
     .venv/bin/python -m psd_kernels.roofline --json     # one JSON object per row
 
-For each case (B = 32768, D = 512 with a self teacher and with a separate teacher of
-width D' = D; B = 1,048,576, D = 512, self teacher), each GPU backend and each GPU
+For each case (B = 32768, D = 512 with a self_scaled teacher (the student at half its scale) and
+with a separate teacher of width D' = D; B = 1,048,576, D = 512, self_scaled), each GPU backend and each GPU
 (H100 SXM, H200): the useful FLOPs, the FLOPs the backend's algorithm executes, the
 HBM bytes it moves, and the predicted time = max(compute time, memory time), with
 the bound that sets it. bf16 inputs (the GPU benchmark's dtype).
@@ -53,11 +53,11 @@ vectors of O(B) floats left out except where a launch sweeps them per block.
                  output; the R x B fp32 score blocks round-trip HBM: sweep 1 writes
                  them and the row- and column-statistics kernels read them, sweep 2
                  rewrites them, form_grad reads them and writes G over them, the dx
-                 and dy GEMMs read G (8 passes over B^2 fp32 for a self teacher, 13 with
+                 and dy GEMMs read G (8 passes over B^2 fp32 for a self_scaled teacher, 13 with
                  a separate one); the column statistics (6 floats per column) are
                  read and written by every block of sweep 1, the column coefficients
-                 (4) read by every block of sweep 2 (a self teacher at its own scale, as
-                 in the benchmark, keeps teacher statistics too); the gradients are cast back.
+                 (4) read by every block of sweep 2 (the self_scaled teacher, the student at
+                 half its scale as in the benchmark, keeps teacher statistics too); the gradients are cast back.
 
 Waves (psd-triton): each launch runs its programs in ceil(P / slots) waves on slots = SMs x
 CTAs per SM, the CTAs per SM following from the registers and shared memory of the config the
@@ -111,7 +111,7 @@ class Case:
     name: str
     batch: int
     dim: int
-    teacher: str = "self"    # "self": no teacher product; "separate": a teacher of width teacher_dim
+    teacher: str = "self_scaled"  # "self_scaled": no teacher product; "separate": a teacher of width teacher_dim
     teacher_dim: int = 0
 
     @property
@@ -120,9 +120,9 @@ class Case:
         return self.teacher_dim if self.teacher == "separate" else 0
 
 
-CASES = (Case("B=32768 D=512 self teacher", 32768, 512),
+CASES = (Case("B=32768 D=512 self_scaled teacher", 32768, 512),
          Case("B=32768 D=512 separate teacher D'=512", 32768, 512, "separate", 512),
-         Case("B=1048576 D=512 self teacher", 1 << 20, 512))
+         Case("B=1048576 D=512 self_scaled teacher", 1 << 20, 512))
 
 
 def useful_flops(case: Case) -> float:
@@ -134,8 +134,8 @@ def useful_flops(case: Case) -> float:
 def triton_forward_sweeps(case: Case, reduction: str = "mean") -> int:
     """Row sweeps of the symmetric forward: one with column partials for mean/sum (the gradients
     are formed in the forward, the cross terms in the gradient tiles); two (rows, then columns) for
-    reduction="none" when the teacher has statistics of its own, as the benchmark's self teacher at
-    half the scale and a separate teacher do (triton_psd)."""
+    reduction="none" when the teacher has statistics of its own, as the benchmark's self_scaled teacher at
+    half the scale and a separate teacher do (backends/triton/launcher.py)."""
     return 1 if reduction != "none" else 2
 
 
