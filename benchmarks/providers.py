@@ -300,7 +300,7 @@ class InfClProvider(Provider):
         return 8.0 * case.batch * case.dim * 4 + (64 << 20)   # fp32 copies and gradients of both sides
 
 
-# Variants of psd-triton (psd_kernels/triton_psd.py): the default is one forward sweep with
+# Variants of psd-triton (psd_kernels/backends/triton/launcher.py): the default is one forward sweep with
 # per-group column partials and a backward kernel per side.
 TRITON_VARIANTS = {"psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"}}
 

@@ -1,7 +1,7 @@
 """The GPU kernels as the public API launches them fit the hardware, checked without a GPU.
 
-psd_kernels.launches records the launches of psd_loss / psd_clip_loss on meta tensors and
-specialises them with Triton's binder; psd_kernels.compile_check compiles each one for
+psd_kernels.tools.launches records the launches of psd_loss / psd_clip_loss on meta tensors and
+specialises them with Triton's binder; psd_kernels.tools.compile_check compiles each one for
 sm_80 / sm_90 / sm_100. Here: the parsers and the occupancy arithmetic on fixed inputs, the
 recording (every kernel, widths padded, offset inputs aligned, ints specialised as Triton
 does), and a representative subset compiled: D = 500 (a padded width) and 768, B = 4097 (odd)

@@ -1,7 +1,7 @@
 """Roofline of the symmetric PSD loss (forward + backward) on Hopper: FLOPs, HBM bytes, predicted time.
 
-    .venv/bin/python -m psd_kernels.roofline            # a table
-    .venv/bin/python -m psd_kernels.roofline --json     # one JSON object per row
+    .venv/bin/python -m psd_kernels.tools.roofline            # a table
+    .venv/bin/python -m psd_kernels.tools.roofline --json     # one JSON object per row
 
 For each case (B = 32768, D = 512 with a self_scaled teacher (the student at half its scale) and
 with a separate teacher of width D' = D; B = 1,048,576, D = 512, self_scaled), each GPU backend and each GPU
@@ -61,8 +61,8 @@ vectors of O(B) floats left out except where a launch sweeps them per block.
 
 Waves (psd-triton): each launch runs its programs in ceil(P / slots) waves on slots = SMs x
 CTAs per SM, the CTAs per SM following from the registers and shared memory of the config the
-launcher runs first (python -m psd_kernels.compile_check, sm_90, bf16); its compute time is
-divided by the grid's efficiency (psd_kernels.grid: work / (slots x waves x longest program)).
+launcher runs first (python -m psd_kernels.tools.compile_check, sm_90, bf16); its compute time is
+divided by the grid's efficiency (psd_kernels.backends.triton.grid: work / (slots x waves x longest program)).
 psd-cpp's cuBLAS GEMMs are taken at the peak rate.
 
 Peak rates and bandwidths are NVIDIA's datasheet figures (dense, no sparsity); what
@@ -148,7 +148,7 @@ def triton_flops(case: Case, reduction: str = "mean") -> float:
 
 
 # The config each Triton kernel runs first (the autotuner may pick another) and its resources from
-# python -m psd_kernels.compile_check --arch 90 --dtype bf16 --D 512 (the larger of the two
+# python -m psd_kernels.tools.compile_check --arch 90 --dtype bf16 --D 512 (the larger of the two
 # teacher cases' registers): (BLOCK_M, BLOCK_N, warps, registers per thread, shared memory bytes).
 TRITON_KERNELS = {
     "fwd_sym": (128, 32, 8, 255, 82944),    # one sweep with column partials (4 stages)
@@ -174,7 +174,7 @@ class Launch:
     count: int         # how many such launches (one per G chunk, ...)
     flops: float       # per launch
     programs: int      # per launch
-    efficiency: float  # of the grid on the GPU's slots (psd_kernels.grid)
+    efficiency: float  # of the grid on the GPU's slots (psd_kernels.backends.triton.grid)
 
     @property
     def ctas(self) -> int:
@@ -183,7 +183,7 @@ class Launch:
 
 
 def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
-    """Every launch of a forward + backward at B = case.batch with its grid (triton_psd)."""
+    """Every launch of a forward + backward at B = case.batch with its grid (backends/triton/launcher.py)."""
     b, d, k = case.batch, case.dim, case.dim + case.d_teacher
     cd = math.ceil
 
@@ -215,7 +215,7 @@ def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
 
 
 def triton_k_splits(m: int, n: int, k: int, sms: int) -> tuple[int, int]:
-    """K splits of the dx product (triton_psd._k_splits): when its 128 x 128 output tiles are fewer
+    """K splits of the dx product (launcher._k_splits): when its 128 x 128 output tiles are fewer
     than 2 x SMs, as many splits of at least 2048 as keep tiles x splits within 2 x SMs."""
     tiles = math.ceil(m / 128) * math.ceil(n / 128)
     splits = max(1, min(2 * sms // tiles, k // 2048))
@@ -231,7 +231,7 @@ def triton_compute_seconds(case: Case, gpu: GPU, reduction: str = "mean") -> flo
 
 
 def triton_chunk_rows(batch: int, chunk_bytes: int = 1 << 30) -> int:
-    """Rows per chunk of G (triton_psd._chunk_rows): as many as fit 1 GiB of bf16, a multiple of 128."""
+    """Rows per chunk of G (launcher._chunk_rows): as many as fit 1 GiB of bf16, a multiple of 128."""
     return min(max(128, chunk_bytes // (batch * BF16_BYTES) // 128 * 128), math.ceil(batch / 128) * 128)
 
 
@@ -251,7 +251,7 @@ def cpp_flops(case: Case) -> float:
 
 
 def _triton_splits(batch: int, sms: int) -> int:
-    """Column splits of a row sweep (triton_psd._num_splits with 128-row blocks)."""
+    """Column splits of a row sweep (launcher._num_splits with 128-row blocks)."""
     return max(1, min(64, math.ceil(batch / 64), math.ceil(2 * sms / math.ceil(batch / 128))))
 
 

@@ -27,7 +27,7 @@ No kernel keeps a D-wide accumulator across column tiles (the old backward held 
 fp32 gradient rows in registers and spilled); docs/fused_algorithm.md counts the FLOPs and
 bytes of this split. In-tile offsets are 32-bit (a tile never spans 2^31 elements); the
 per-program bases are 64-bit, so any B works. The host functions and the autograd Function
-live in psd_kernels/triton_psd.py; psd_kernels/compile_check.py compiles every variant for
+live in psd_kernels/backends/triton/launcher.py; psd_kernels/tools/compile_check.py compiles every variant for
 sm_80 / sm_90 / sm_100 and reports registers, spills and the tensor-core instruction.
 
 Tested by: .venv/bin/python -m pytest tests/test_triton.py (under TRITON_INTERPRET=1).
@@ -61,7 +61,7 @@ def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
 
 # (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
 # 64-row tiles run 4 warps and 128-row tiles 8. Every config kept by the prune functions below is
-# spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.compile_check;
+# spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.tools.compile_check;
 # registers do not depend on D, which only sets the trip count of the K loops). The 4-stage forward
 # config serves the one sweep with column partials only, the 32-wide gradient tile only where the
 # 64-wide ones spill (see the prune functions).
@@ -73,7 +73,7 @@ GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64,
 
 _ARCH_CACHE: dict = {}
 
-# Configs that psd_kernels.compile_check saw spill on one arch only (with Triton's ptxas flags),
+# Configs that psd_kernels.tools.compile_check saw spill on one arch only (with Triton's ptxas flags),
 # as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N)); the prune functions drop them there.
 _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=False), (128, 32)),

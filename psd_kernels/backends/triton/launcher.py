@@ -1,7 +1,7 @@
 """The Triton backend of the PSD loss: host functions, one autograd Function, the backend contract.
 
 Implements the fused algorithm of docs/fused_algorithm.md with the kernels of
-psd_kernels/triton_kernels.py; returns per-row losses (psd_kernels.assembly reduces them).
+psd_kernels/backends/triton/kernels.py; returns per-row losses (psd_kernels.assembly reduces them).
 
 Forward: one sweep over column tiles per row block (split over columns when
 there are few row blocks), writing per-row partial statistics that are merged
@@ -9,7 +9,7 @@ here. The symmetric loss with a self teacher at the student's scale uses the sam
 sweep for both directions: each program owns a row group and a column split and also
 folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=sweep instead
 runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py);
-the grid (row groups x column splits) comes from psd_kernels.grid.balanced_grid.
+the grid (row groups x column splits) comes from psd_kernels.backends.triton.grid.balanced_grid.
 A teacher with statistics of its own (another scale, separate embeddings):
   mean / sum with gradients (clip_weighted_loss): one sweep that folds the student's tile and
       then the teacher's into row and column statistics, without the cross terms E_R[S]
@@ -35,10 +35,10 @@ Any M, N, D: tiles are masked at the edges, D and D' only set the length of the 
 Every width runs the specialised, pipelined kernels: _operand() hands the kernels rows whose
 width is a multiple of 16 (zero columns appended: exact, an O(B D) copy) and whose start is
 16-byte aligned, which is what Triton's binder needs to mark D, the row strides and the
-pointers divisible by 16 (vectorised, asynchronous loads; psd_kernels.compile_check).
+pointers divisible by 16 (vectorised, asynchronous loads; psd_kernels.tools.compile_check).
 Autotuning: configs keyed on the swept length (power-of-two bucket, capped at 65536),
 D, D', teacher case and dtypes; PSD_TRITON_AUTOTUNE=0 runs the first config that fits.
-psd_kernels.compile_check records the launches of this module (psd_kernels.launches) and
+psd_kernels.tools.compile_check records the launches of this module (psd_kernels.tools.launches) and
 compiles each one for sm_80, sm_90 and sm_100.
 
 Use it through the public API: psd_kernels.psd_loss(..., backend="triton").
@@ -147,7 +147,7 @@ def _merge(m, l, mt, lt, w, dim):
 
 def _groups(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
     """(row groups, column splits) of the one-sweep symmetric forward: the grid of
-    psd_kernels.grid.balanced_grid over 128-row blocks and 32-column tiles (the kept tiles), which
+    psd_kernels.backends.triton.grid.balanced_grid over 128-row blocks and 32-column tiles (the kept tiles), which
     fills the SMs in whole waves at one and at two CTAs per SM."""
     if K.INTERPRET:  # tiny tests: several groups, some of them empty
         return min(4, triton.cdiv(n_rows, 16)), min(4, triton.cdiv(n_cols, 16))
