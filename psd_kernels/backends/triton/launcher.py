@@ -183,22 +183,22 @@ def _forward_stats(a, b, ta, tb, scale, tscale, labels, teacher, col_stats):
         grid = lambda meta: (triton.cdiv(n_a, meta["BLOCK_M"]), n_split)  # noqa: E731
     part = torch.empty((6, n_a, n_split), device=a.device, dtype=torch.float32)
     diag = labels is None
-    ta_, tb_ = (ta, tb) if teacher == K.TEACHER_SEPARATE else (a, b)
+    ta_, tb_ = (ta, tb) if teacher == K.TEACHER_SEPARATE.value else (a, b)
     _launch(K._psd_fwd_kernel, grid,
             (a, b, ta_, tb_, a if diag else labels, scale, tscale, part, colpart,
              n_a, n_b, a.shape[1], ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0),
              n_split, n_groups, _tune_n(n_b)),
             TEACHER=teacher, LABELS_DIAG=diag, COL_STATS=col_stats,
-            **_common(a, ta if teacher == K.TEACHER_SEPARATE else None))
+            **_common(a, ta if teacher == K.TEACHER_SEPARATE.value else None))
     m, l, mt, lt, w, pos = part.unbind(0)
     lse, lset, expected = _merge(m, l, mt, lt, w, dim=1)
     if not col_stats:
         return (lse, lset, expected, pos.sum(dim=1)), None
     m, l, mt, lt, w = colpart.unbind(0)
-    if teacher == K.TEACHER_SELF:  # the kernel keeps m', l', w' only: the teacher's statistics are the student's
+    if teacher == K.TEACHER_SELF.value:  # the kernel keeps m', l', w' only: the teacher's statistics are the student's
         mt, lt = m, l
     cols = _merge(m, l, mt, lt, w, dim=0)
-    if teacher != K.TEACHER_SELF:
+    if teacher != K.TEACHER_SELF.value:
         return (lse, lset, None, pos.sum(dim=1)), cols[:2] + (None,)
     return (lse, lset, expected, pos.sum(dim=1)), cols
 
@@ -273,7 +273,7 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
     dummy = (scale,) * 5
     sa = tuple(scale if t is None else t for t in (a_dir or dummy))
     sb = tuple(scale if t is None else t for t in (b_dir or dummy))
-    ta_, tb_ = (ta, tb) if teacher == K.TEACHER_SEPARATE else (a, b)
+    ta_, tb_ = (ta, tb) if teacher == K.TEACHER_SEPARATE.value else (a, b)
     chunk = _chunk_rows(n_a, n_b16, a.element_size())
     alpha32 = (scale.float() * weight).reshape(1)
     for r0 in range(0, n_a, chunk):
@@ -290,7 +290,7 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
                 (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, wrow, wcol, r0, rows, n_b, grad.stride(0),
                  a.shape[1], ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
                 A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, CROSS=cross, LABELS_DIAG=diag,
-                record=meta, **_common(a, ta if teacher == K.TEACHER_SEPARATE else None))
+                record=meta, **_common(a, ta if teacher == K.TEACHER_SEPARATE.value else None))
         if need_ds:  # only the first n_b / BLOCK_N rows of ds_tiles were written
             ds += ds_tiles[:triton.cdiv(n_b, meta["BLOCK_N"])].sum()
         if cross:  # likewise the first tiles of the cross-term partials
@@ -319,7 +319,7 @@ class _PSDFunction(torch.autograd.Function):
         # statistics of their own (TEACHER_SELF_SCALED, TEACHER_SEPARATE) the loss needs the cross terms E_R[S],
         # which a sweep with column partials leaves to the gradient tiles, unknown here without
         # the per-row weights: the columns get a second sweep (mean/sum: _ClipWeightedFunction).
-        one_sweep = symmetric and teacher == K.TEACHER_SELF and _column_stats_mode() == "partials"
+        one_sweep = symmetric and teacher == K.TEACHER_SELF.value and _column_stats_mode() == "partials"
         (lse_x, lset_x, e_x, pos), cols = _forward_stats(x, y, tx, ty, s, ts, labels, teacher, one_sweep)
         loss_x = _row_losses(lse_x, e_x, pos, alpha_x)
         lse_y = lset_y = None
@@ -415,8 +415,8 @@ def _teacher_args(teacher_x, teacher_y, teacher_scale):
         teacher = K.TEACHER_SEPARATE.value
     else:
         teacher = (K.TEACHER_SELF if teacher_scale is None else K.TEACHER_SELF_SCALED).value
-    tx = _operand(teacher_x.detach()) if teacher == K.TEACHER_SEPARATE else None
-    ty = _operand(teacher_y.detach()) if teacher == K.TEACHER_SEPARATE else None
+    tx = _operand(teacher_x.detach()) if teacher == K.TEACHER_SEPARATE.value else None
+    ty = _operand(teacher_y.detach()) if teacher == K.TEACHER_SEPARATE.value else None
     ts = None if teacher_scale is None else teacher_scale.float()
     return teacher, tx, ty, ts
 
@@ -442,7 +442,7 @@ def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_imag
     (_ClipWeightedFunction); otherwise the sum of clip_rows."""
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
     needs = tuple(torch.is_grad_enabled() and t.requires_grad for t in (image, text, scale))
-    if teacher == K.TEACHER_SELF or not any(needs) or _column_stats_mode() != "partials":
+    if teacher == K.TEACHER_SELF.value or not any(needs) or _column_stats_mode() != "partials":
         return weight * clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
                                   teacher_scale).sum()
     return _ClipWeightedFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
