@@ -28,7 +28,7 @@ bench: $(STAMP)
 # binder does) compiled for sm_80, sm_90 and sm_100 (no GPU needed): registers, spills, shared
 # memory, tensor-core dots, asynchronous loads, CTAs per SM, waves; then the extension's CUDA kernels.
 compile-check: $(STAMP)
-	$(PY) -m psd_kernels.compile_check --jobs 2 --cpp
+	$(PY) -m psd_kernels.tools.compile_check --jobs 2 --cpp
 
 # On the GPU machine (its own python3 and torch, no registry): build the extension in place,
 # check every GPU backend against the reference and time them; results under $$OUT.

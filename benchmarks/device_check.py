@@ -60,12 +60,14 @@ from benchmark_psd_loss import CSV_FIELDS, append_csv  # noqa: E402
 from providers import (FLOP_FORMULA, OPEN_CLIP_LOSS_ENV, SEPARATE_TEACHER_SCALE, STUDENT_SCALE, Case,  # noqa: E402
                        all_providers, make_inputs)
 from psd_kernels.backends import available_backends  # noqa: E402
+from psd_kernels.tools import against_reference  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Max error / max |reference|, as in tests/test_triton.py: fp32 accumulation; fp16/bf16
-# gradient products take G rounded to the input dtype.
-TOL = {"fp32": 2e-5, "fp16": 4e-3, "bf16": 3e-2}
-TOL_AUTOTUNED_VS_FP32 = 3e-2  # bf16 inputs, fp32 reference on the same rounded inputs
+# Max error / max(|reference|, 0.05), the harness's tensor-core column (psd_kernels.tools.against_reference,
+# shared with tests/test_triton.py and tests/test_cpp.py): fp32 accumulation; fp16/bf16 gradient
+# products take G rounded to the input dtype.
+TOL = {name: against_reference.tolerance(dtype, "tensor_cores") for name, dtype in DTYPES.items()}
+TOL_AUTOTUNED_VS_FP32 = TOL["bf16"]  # bf16 inputs, fp32 reference on the same rounded inputs
 # The timed providers, from the shared list (benchmarks/providers.py): the GPU backends and their peers.
 GPU_PROVIDERS = ("psd-triton", "psd-cpp", "openclip-clip", "openclip-distill", "inf-cl")
 
@@ -144,23 +146,8 @@ def _case_inputs(op, sizes, teacher, dtype, device):
 
 
 def _loss_and_grads(op, backend, x, y, kw, upstream, to64=False):
-    if to64:
-        x, y = x.double(), y.double()
-        kw = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kw.items()}
-    x, y = x.detach().requires_grad_(), y.detach().requires_grad_()
-    s = torch.tensor(STUDENT_SCALE, device=x.device, dtype=torch.float64 if to64 else torch.float32,
-                     requires_grad=True)
-    loss = getattr(psd_kernels, op)(x, y, s, reduction="none", backend=backend, **kw)
-    grads = torch.autograd.grad((loss * upstream.to(loss.dtype)).sum(), (x, y, s))
-    return (loss.detach(),) + tuple(g.detach() for g in grads)
-
-
-def _rel_errors(got, want):
-    errs = []
-    for a, e in zip(got, want):
-        a, e = a.double(), e.double()
-        errs.append(((a - e).abs().max() / max(e.abs().max().item(), 0.05)).item())
-    return errs
+    s = torch.tensor(STUDENT_SCALE, device=x.device)
+    return against_reference.loss_and_grads(op, backend, x, y, s, kw, upstream, "none", float64=to64)
 
 
 def check_correctness(rec, device, cases, budget_end):
@@ -184,8 +171,8 @@ def check_correctness(rec, device, cases, budget_end):
                     x, y, kw, up = _case_inputs(op, sizes, teacher, dtype, device)
                     got = _loss_and_grads(op, backend, x, y, kw, up)
                     want = _loss_and_grads(op, "reference", x, y, kw, up, to64=True)
-                    dtypes_ok = got[1].dtype == dtype and got[2].dtype == dtype and got[0].dtype == torch.float32
-                    errs = _rel_errors(got, want)
+                    dtypes_ok = against_reference.dtypes_ok(got, dtype)
+                    errs = against_reference.errors(got, want)
                     ok = dtypes_ok and all(e <= TOL[dname] for e in errs)
                     status = "ok" if ok else ("FAIL" if dtypes_ok else "FAIL (dtype)")
                     cells = " | ".join(f"{e:.1e}" for e in errs)
@@ -385,7 +372,7 @@ def _check_autotuned(case, inputs, fn):
                       teacher_scale=inputs["teacher_scale"])
         ref = psd_kernels.psd_clip_loss(xf, yf, sf, alpha_image=case.alpha, backend="reference", **kw)
         want = [ref.detach()] + list(torch.autograd.grad(ref, (xf, yf, sf)))
-        worst = max(_rel_errors(got, want))
+        worst = max(against_reference.errors(got, want))
         return f"{worst:.1e} {'ok' if worst <= TOL_AUTOTUNED_VS_FP32 else 'FAIL'}"
     except Exception as exc:
         return f"FAIL {_short(exc)}"

@@ -7,7 +7,7 @@ A provider maps a case to a function computing the symmetric contrastive loss
                       that psd_kernels.backends.available_backends() says can run here
     torch-chunked     benchmarks/chunked_loss.py: plain PyTorch, row chunks + checkpoint
     openclip-clip     open_clip.ClipLoss (teacher "none") == PSD with alpha = 0
-    openclip-distill  open_clip.ClipLoss + DistillClipLoss (teacher "self"/"separate"):
+    openclip-distill  open_clip.ClipLoss + DistillClipLoss (teacher "self_scaled"/"separate"):
                       contrastive_loss + distill_loss == 2 x PSD(alpha = 0.5) with the same
                       teacher and teacher scale (checked in tests/test_benchmarks.py); the
                       materialised path users run today for teacher distillation
@@ -15,14 +15,15 @@ A provider maps a case to a function computing the symmetric contrastive loss
                       256) == PSD with alpha = 0: hard labels only (see InfClProvider)
 
 psd-triton variants (all_providers(..., variants=True)): the same kernels with another
-column-statistics or backward mode (psd_kernels/triton_psd.py), timed side by side by
+column-statistics or backward mode (psd_kernels/backends/triton/launcher.py), timed side by side by
 benchmarks/device_check.py.
 
 open_clip: the installed package, else a copy of its loss.py (it needs only torch) at
 $PSD_OPEN_CLIP_LOSS or in the repository's .venv, for GPU machines without open_clip.
 
-Teacher cases: "none" (alpha = 0, plain CLIP), "self" (alpha = 0.5, the student's own
-embeddings detached, teacher scale s/2: one product per tile), "separate" (alpha = 0.5,
+Teacher cases (the names of psd_kernels.backends.triton.kernels' TEACHER_* constants): "none"
+(alpha = 0, plain CLIP), "self_scaled" (alpha = 0.5, the student's own embeddings detached,
+teacher scale s/2: one product per tile), "separate" (alpha = 0.5,
 frozen teacher embeddings of width D', teacher scale 20: two products per tile).
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 from chunked_loss import DEFAULT_CHUNK_ROWS, chunked_clip_loss
 
-TEACHERS = ("none", "self", "separate")
+TEACHERS = ("none", "self_scaled", "separate")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 STUDENT_SCALE = 1.0 / 0.07        # open_clip's initial exp(logit_scale)
@@ -103,7 +104,7 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
               "text": unit(case.batch, case.dim).requires_grad_(),
               "scale": torch.tensor(STUDENT_SCALE, device=device).requires_grad_(),
               "teacher_image": None, "teacher_text": None, "teacher_scale": None}
-    if case.teacher == "self":
+    if case.teacher == "self_scaled":
         inputs["teacher_scale"] = torch.tensor(STUDENT_SCALE / 2, device=device)
     elif case.teacher == "separate":
         inputs["teacher_image"] = unit(case.batch, case.d_teacher)
@@ -114,7 +115,7 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
 
 def _teacher_features(case: Case, inputs: dict):
     """The teacher's (image, text, scale) as open_clip's DistillClipLoss takes them."""
-    if case.teacher == "self":
+    if case.teacher == "self_scaled":
         return inputs["image"].detach(), inputs["text"].detach(), inputs["teacher_scale"]
     return inputs["teacher_image"], inputs["teacher_text"], inputs["teacher_scale"]
 
@@ -299,7 +300,7 @@ class InfClProvider(Provider):
         return 8.0 * case.batch * case.dim * 4 + (64 << 20)   # fp32 copies and gradients of both sides
 
 
-# Variants of psd-triton (psd_kernels/triton_psd.py): the default is one forward sweep with
+# Variants of psd-triton (psd_kernels/backends/triton/launcher.py): the default is one forward sweep with
 # per-group column partials and a backward kernel per side.
 TRITON_VARIANTS = {"psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"}}
 

@@ -5,7 +5,10 @@ Every backend (psd_kernels.backends) computes the per-row losses of one directio
     l_i = LSE_j(S_ij) - (1 - alpha_i) S_{i,c_i} - alpha_i sum_j R_ij S_ij      (docs/loss.md)
 
 differentiable in the student's rows, columns and scale and never in the teacher. This
-module chooses the teacher of each direction, calls the backend, and reduces:
+module chooses the teacher of each direction, calls the backend, and reduces
+(one_direction, clip_loss; symmetric_inputs / symmetric_loss take the public symmetric
+arguments through validation and the backend registry, for psd_clip_loss and the
+distributed loss alike):
 
     one direction:  "none" -> (l_i)_i,  "sum" -> sum_i l_i,  "mean" -> sum_i l_i / M
     symmetric:      image rows against text columns and text rows against image columns,
@@ -32,6 +35,9 @@ in the same sweep (the C++ backend); the mean and sum reductions use it.
 from __future__ import annotations
 
 import torch
+
+from psd_kernels import validation
+from psd_kernels.backends import resolve_backend
 
 TEACHER_MODES = ("cross", "within_modality")
 
@@ -63,7 +69,7 @@ def _direction(module, x, y, scale, alpha, labels, teacher_x, teacher_y, teacher
                     (x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale), weight)
 
 
-def psd_loss(module, x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction, soft_rows):
+def one_direction(module, x, y, scale, alpha, labels, teacher_x, teacher_y, teacher_scale, reduction, soft_rows):
     """One direction, reduced (validated arguments of psd_kernels.validation.one_direction)."""
     if not soft_rows:
         teacher_x = teacher_y = teacher_scale = None
@@ -110,3 +116,23 @@ def clip_loss(module, image, text, scale, alpha_image, alpha_text, teacher_image
     text_part = _direction(module, text, all_image, scale, alpha_text, labels, *text_teacher, teacher_scale,
                            weight)
     return torch.stack((image_part, text_part)) if weight is None else image_part + text_part
+
+
+def symmetric_inputs(image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
+                     alpha_image, alpha_text, teacher_mode, reduction, backend, check_finite):
+    """The public symmetric call's arguments checked and normalised (psd_kernels.validation.symmetric)
+    and the backend that runs them: (args, module). Raises on invalid inputs or a missing backend."""
+    check_teacher_mode(teacher_mode)
+    args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                teacher_scale, alpha_image, alpha_text, reduction, check_finite)
+    return args, resolve_backend(backend, args["image"].device, args["image"].dtype)
+
+
+def symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
+                   alpha_image, alpha_text, teacher_mode, reduction, backend, check_finite):
+    """The symmetric loss of one process's batch from the public arguments: psd_clip_loss, and
+    psd_clip_loss_distributed / PSDLoss with one process."""
+    args, module = symmetric_inputs(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                    teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
+                                    check_finite)
+    return clip_loss(module, **args, teacher_mode=teacher_mode)

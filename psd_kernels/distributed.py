@@ -47,7 +47,6 @@ import torch.distributed as dist
 
 from psd_kernels import assembly, validation
 from psd_kernels.assembly import TEACHER_MODES
-from psd_kernels.backends import resolve_backend
 
 _DTYPES = validation.FLOAT_DTYPES
 
@@ -227,18 +226,17 @@ def clip_loss_in_group(image_features, text_features, logit_scale, teacher_image
                        world, reduction="mean", backend="auto", check_finite=False) -> torch.Tensor:
     """psd_clip_loss_distributed for this process as `rank` of `world` in `process_group`
     (world 1: this batch alone, torch.distributed untouched). PSDLoss calls this directly."""
+    if world == 1:
+        return assembly.symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                       teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
+                                       check_finite)
     args, module, error = None, None, None
     try:
-        assembly.check_teacher_mode(teacher_mode)
-        args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
-                                    teacher_scale, alpha_image, alpha_text, reduction, check_finite)
-        module = resolve_backend(backend, args["image"].device, args["image"].dtype)
+        args, module = assembly.symmetric_inputs(image_features, text_features, logit_scale, teacher_image,
+                                                 teacher_text, teacher_scale, alpha_image, alpha_text, teacher_mode,
+                                                 reduction, backend, check_finite)
     except Exception as exc:  # re-raised after the handshake, so no peer waits in a collective
         error = exc
-    if world == 1:
-        if error is not None:
-            raise error
-        return assembly.clip_loss(module, **args, teacher_mode=teacher_mode)
 
     layout, soft_rows = _handshake(args, error, rank, world, process_group, local_loss, gather_with_grad,
                                    teacher_mode)

@@ -50,7 +50,7 @@ def psd_loss(x, y, logit_scale, *, teacher_x=None, teacher_y=None, teacher_scale
     args = validation.one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
                                     labels, offset, reduction, check_finite)
     module = resolve_backend(backend, args["x"].device, args["x"].dtype)
-    return assembly.psd_loss(module, **args)
+    return assembly.one_direction(module, **args)
 
 
 def psd_clip_loss(image_features, text_features, logit_scale, *, teacher_image=None, teacher_text=None,
@@ -69,8 +69,6 @@ def psd_clip_loss(image_features, text_features, logit_scale, *, teacher_image=N
     embeddings or, without them, the student's own, detached (docs/teachers.md).
     Other arguments as psd_loss.
     """
-    assembly.check_teacher_mode(teacher_mode)
-    args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
-                                teacher_scale, alpha_image, alpha_text, reduction, check_finite)
-    module = resolve_backend(backend, args["image"].device, args["image"].dtype)
-    return assembly.clip_loss(module, **args, teacher_mode=teacher_mode)
+    return assembly.symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                   teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
+                                   check_finite)

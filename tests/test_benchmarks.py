@@ -42,7 +42,7 @@ def one_thread():
 
 
 def _teacher_kwargs(teacher, b, d_teacher, dtype):
-    if teacher == "self":
+    if teacher == "self_scaled":
         return {"teacher_scale": torch.tensor(1.7, dtype=dtype)}
     if teacher == "separate":
         return {"teacher_image": torch.randn(b, d_teacher, dtype=dtype),
@@ -51,7 +51,7 @@ def _teacher_kwargs(teacher, b, d_teacher, dtype):
     return {}
 
 
-@pytest.mark.parametrize("teacher", ["none", "self", "separate"])
+@pytest.mark.parametrize("teacher", ["none", "self_scaled", "separate"])
 @pytest.mark.parametrize("b,chunk", [(97, 32), (5, 1), (64, 64)])
 def test_chunked_loss_matches_reference_float64(teacher, b, chunk):
     """Loss and gradients (image, text, scale) of the chunked peer equal the reference's."""
@@ -99,7 +99,7 @@ def test_chunked_loss_never_builds_b_by_b(chunk, holds_b_by_b):
     assert recorder.largest <= chunk * b
 
 
-@pytest.mark.parametrize("teacher", ["self", "separate"])
+@pytest.mark.parametrize("teacher", ["self_scaled", "separate"])
 def test_open_clip_distill_is_twice_psd_at_half_alpha(teacher):
     """ClipLoss + DistillClipLoss (contrastive + distill) == 2 x PSD(alpha=0.5), values and gradients;
     ClipLoss == PSD(alpha=0): the mapping the benchmark prints."""
@@ -219,6 +219,19 @@ def test_script_and_plot_smoke(tmp_path):
     assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
 
 
+def test_plot_reads_rows_of_the_old_self_case_as_self_scaled(tmp_path):
+    """Rows written before the student-at-half-its-scale case was named "self_scaled" said "self"."""
+    path = tmp_path / "old.csv"
+    row = dict.fromkeys(benchmark_psd_loss.CSV_FIELDS, "")
+    row.update(op="psd_clip_loss", provider="psd-cpp", mode="full", metric="time", x_name="B", x_value="64",
+               p50="1.0", config=json.dumps({"dim": 32, "teacher": "self", "teacher_dim": 0, "dtype": "float32"}))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, benchmark_psd_loss.CSV_FIELDS)
+        writer.writeheader()
+        writer.writerow(row)
+    assert [r["case"] for r in plot.load_rows([str(path)])] == [(32, "self_scaled", 0, "float32")]
+
+
 def test_device_check_shares_the_schema_providers_and_row_writer():
     """The GPU check writes the CPU benchmark's CSV schema through its row writer and times
     providers from the one list (benchmarks/providers.py)."""
@@ -242,7 +255,7 @@ def test_inf_cl_provider_says_why_it_does_not_run():
 
 
 def test_triton_variants_set_their_environment_around_the_call(monkeypatch):
-    """A variant provider sets its environment for the call only (psd_kernels.triton_psd reads it)."""
+    """A variant provider sets its environment for the call only (psd_kernels.backends.triton.launcher reads it)."""
     monkeypatch.delenv("PSD_TRITON_COLUMN_STATS", raising=False)
     seen = {}
     monkeypatch.setattr("psd_kernels.psd_clip_loss",

@@ -1,7 +1,7 @@
 """The GPU kernels as the public API launches them fit the hardware, checked without a GPU.
 
-psd_kernels.launches records the launches of psd_loss / psd_clip_loss on meta tensors and
-specialises them with Triton's binder; psd_kernels.compile_check compiles each one for
+psd_kernels.tools.launches records the launches of psd_loss / psd_clip_loss on meta tensors and
+specialises them with Triton's binder; psd_kernels.tools.compile_check compiles each one for
 sm_80 / sm_90 / sm_100. Here: the parsers and the occupancy arithmetic on fixed inputs, the
 recording (every kernel, widths padded, offset inputs aligned, ints specialised as Triton
 does), and a representative subset compiled: D = 500 (a padded width) and 768, B = 4097 (odd)
@@ -233,3 +233,16 @@ def test_kept_configs_do_not_spill_and_run_on_the_tensor_cores():
            for r in rows if r["failures"]]
     assert not bad, "\n".join(bad)
     assert all(r["tc_dots"] >= r["dots"] > 0 and r["other_dots"] == 0 for r in rows)
+
+
+@compiled
+def test_teacher_cases_reach_the_kernels_as_plain_values():
+    """The host compares teacher cases by value (kernels.TEACHER_* are tl.constexpr for the kernels):
+    no recorded constexpr is a tl.constexpr object, and each case launches with its TEACHER value."""
+    from psd_kernels.backends.triton import kernels
+    for teacher, case in (("self", kernels.TEACHER_SELF), ("self_scaled", kernels.TEACHER_SELF_SCALED),
+                          ("separate", kernels.TEACHER_SEPARATE)):
+        recorded = _recorded(90, b=97, d=64, teacher=teacher, dt=64 if teacher == "separate" else 0)
+        values = [value for launch in recorded for _, value in launch.constexprs]
+        assert not any(isinstance(value, kernels.tl.constexpr) for value in values), values
+        assert {launch.constexpr("TEACHER") for launch in recorded} - {None} == {case.value}

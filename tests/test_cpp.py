@@ -3,9 +3,10 @@
     .venv/bin/python -m pytest tests/test_cpp.py -q
 
 float64 proves the math (the kernel runs in float64 end to end, so it must agree
-with the reference to ~1e-12). Lower precisions prove the kernel: its error
+with the reference to ~1e-11). Lower precisions prove the kernel: its error
 against the float64 reference may be at most twice the reference's own error in
-that dtype, plus a floor (flash-attention's criterion). The reference also
+that dtype, plus a floor (flash-attention's criterion; the harness and its one
+tolerance table: psd_kernels.tools.against_reference). The reference also
 accumulates in fp32 and returns gradients rounded to the input dtype, so both
 carry the same kinds of error. CUDA cases run where a GPU exists and are skipped
 with the reason elsewhere; that the CUDA kernels were compiled is checked always.
@@ -17,6 +18,7 @@ import torch
 
 import psd_kernels
 from psd_kernels import backends
+from psd_kernels.tools import against_reference as A
 from psd_kernels.tools.info import build_info
 
 cpp = pytest.importorskip("psd_kernels.backends.cpp", reason="psd_kernels._C is not built "
@@ -24,10 +26,6 @@ cpp = pytest.importorskip("psd_kernels.backends.cpp", reason="psd_kernels._C is 
 
 HAS_CUDA = torch.cuda.is_available()
 SIZES = (1, 7, 97, 1025)
-# Error floor relative to the largest reference magnitude: fp32 accumulation over
-# D <= 257 terms at scales up to 100 loses ~1e-6; fp16/bf16 gradients are rounded
-# to the input dtype (2^-11, 2^-8 relative), on top of the fp32 work.
-FLOOR = {torch.float64: 1e-11, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 def _embed(n, d, dtype=torch.float64, device="cpu"):
@@ -43,25 +41,18 @@ def _run(fn, backend, inputs, kwargs, upstream=None):
     return out.detach(), x.grad, y.grad, s.grad
 
 
-def _err(actual, expected):
-    """Max error relative to the largest magnitude of `expected`."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(0.05)).item()
-
-
 def _compare(fn, inputs, kwargs, upstream=None, device="cpu"):
     """backend="cpp" vs the reference in the inputs' dtype, both measured against float64."""
     dtype = inputs[0].dtype
-    exact = _run(fn, "reference", [t.double() for t in inputs],
-                 {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-                  for k, v in kwargs.items()}, upstream)
-    got = _run(fn, "cpp", inputs, kwargs, upstream)
-    base = _run(fn, "reference", inputs, kwargs, upstream) if dtype != torch.float64 else exact
-    for name, g, b, e in zip(("loss", "dx", "dy", "dscale"), got, base, exact):
-        assert g.dtype == b.dtype and g.shape == b.shape, f"{name}: {g.dtype}{tuple(g.shape)} vs {b.dtype}{tuple(b.shape)}"
-        assert torch.isfinite(g).all(), f"{name} is not finite"
-        bound = 2 * _err(b, e) + FLOOR[dtype]
-        assert _err(g, e) <= bound, f"{name}: error {_err(g, e):.2e} > {bound:.2e} ({dtype})"
+    kwargs = dict(kwargs)
+    reduction = kwargs.pop("reduction", "mean")
+
+    def run(backend, float64=False):
+        return A.loss_and_grads(fn.__name__, backend, *inputs, kwargs, upstream, reduction, float64=float64)
+
+    exact = run("reference", float64=True)
+    base = run("reference") if dtype != torch.float64 else exact
+    A.within_twice_the_reference(run("cpp"), base, exact, dtype)
 
 
 def _inputs(m, n, d, dtype=torch.float64, scale=14.0, device="cpu"):
@@ -87,13 +78,13 @@ def test_wide_float64(m, n, d):
                   teacher_x=tx, teacher_y=ty, teacher_scale=9.0))
 
 
-TEACHERS = ("self", "self_rescaled", "separate", "separate_same_scale")
+TEACHERS = ("self", "self_scaled", "separate", "separate_same_scale")
 
 
 def _teacher(kind, m, n, dtype, device="cpu"):
     if kind == "self":
         return {}
-    if kind == "self_rescaled":
+    if kind == "self_scaled":
         return dict(teacher_scale=30.0)
     t = dict(teacher_x=_embed(m, 17, dtype, device), teacher_y=_embed(n, 17, dtype, device))
     return t if kind == "separate_same_scale" else dict(t, teacher_scale=5.0)

@@ -6,7 +6,7 @@ One launch of three worker processes (tests/distributed_worker.py) covers a grou
 (the default group) and a group of 2 (global ranks 1 and 2 via process_group), equal and
 unequal local batches, every (local_loss, gather_with_grad) mode, both teacher modes, and
 every backend available on CPU. Each rank's loss and gradients are compared with the
-exact single-process loss on the concatenated batch (psd_kernels.reference, float64),
+exact single-process loss on the concatenated batch (psd_kernels.backends.reference, float64),
 with the averaging factors psd_kernels.distributed documents. Let O be the single-process
 objective and c = 1/W for reduction "mean" in local mode (the ranks' losses average to O),
 c = 1 otherwise (they add up to O):

@@ -1,4 +1,4 @@
-"""psd_kernels.grid: waves and grid efficiency counted by hand, and the one-sweep grid it picks.
+"""psd_kernels.backends.triton.grid: waves and grid efficiency counted by hand, and the one-sweep grid it picks.
 
     .venv/bin/python -m pytest tests/test_grid.py -q
 """

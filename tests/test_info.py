@@ -1,4 +1,4 @@
-"""The CUDA architecture policy and report (psd_kernels.info, csrc/psd_epilogue_cuda.cu).
+"""The CUDA architecture policy and report (psd_kernels.tools.info, csrc/psd_epilogue_cuda.cu).
 
     .venv/bin/python -m pytest tests/test_info.py -q
 

@@ -1,4 +1,4 @@
-"""psd_kernels.roofline: its formulas on small cases, counted by hand here, and the printout.
+"""psd_kernels.tools.roofline: its formulas on small cases, counted by hand here, and the printout.
 
     .venv/bin/python -m pytest tests/test_roofline.py -q
 """

@@ -30,28 +30,22 @@ import pytest
 import torch
 
 import psd_kernels
+from psd_kernels.tools import against_reference as A
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
 
-# Max error allowed relative to the largest reference magnitude (at least 0.05: a
-# one-column loss is exactly 0 but computed as lse - S_ii with S ~ 20), by input dtype.
-# fp32: fp32 accumulation of dot products at logit scales up to 100 loses ~1e-6
-# relative; 2e-5 leaves margin. fp16/bf16 on a GPU: the gradient products take G
-# rounded to the input dtype (2^-11 / 2^-8 relative), and so do the gradients.
-TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-# Interpreted runs upcast the dot operands, so only the gradients' final rounding to
-# the input dtype remains (half an ulp: 2^-11 fp16, 2^-8 bf16, relative).
-TOL_INTERPRETED = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# The tolerances and the error measure (max error / max(|reference|, 0.05)) are the harness's
+# (psd_kernels.tools.against_reference): tensor-core rounding on a GPU; interpreted runs upcast
+# the dot operands, so only the gradients' final rounding to the input dtype remains.
+DOTS = "fp32_dots" if INTERPRETED else "tensor_cores"
 
 
 def _close(name, actual, expected, tol):
-    actual, expected = actual.detach().double(), expected.detach().double()
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = max(expected.abs().max().item(), 0.05)
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:.1e} x {scale:.3e}"
+    err = A.error(actual, expected)
+    assert err <= tol, f"{name}: error {err:.3e} > {tol:.1e}"
 
 
 def _embed(n, d, dtype, device, generator=None):
@@ -69,21 +63,15 @@ def _shifted(t):
 
 
 def _run(fn_name, backend, inputs, kwargs, upstream, reduction, offset=False):
-    """Loss and gradients (x, y, scale) of `upstream` . loss for one backend; `offset`: the
-    embeddings start 2 or 4 bytes into their allocation."""
-    x, y, scale = (t.detach().clone() for t in inputs)
+    """Loss and gradients (x, y, scale) of `upstream` . loss for one backend (the reference in
+    float64 on the same rounded inputs, which proves the math); `offset`: the embeddings start 2
+    or 4 bytes into their allocation."""
+    x, y, scale = inputs
     if offset:
         x, y = _shifted(x), _shifted(y)
         kwargs = {k: _shifted(v) if torch.is_tensor(v) and v.dim() == 2 else v for k, v in kwargs.items()}
-    x, y, scale = (t.requires_grad_() for t in (x, y, scale))
-    if backend == "reference":  # float64 on the same (rounded) inputs proves the math
-        x64, y64, s64 = x.double(), y.double(), scale.double()
-        kw = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kwargs.items()}
-        loss = getattr(psd_kernels, fn_name)(x64, y64, s64, reduction=reduction, backend="reference", **kw)
-    else:
-        loss = getattr(psd_kernels, fn_name)(x, y, scale, reduction=reduction, backend=backend, **kwargs)
-    (loss * upstream.to(loss.dtype)).sum().backward()
-    return loss, x.grad, y.grad, scale.grad
+    return A.loss_and_grads(fn_name, backend, x, y, scale, kwargs, upstream, reduction,
+                            float64=backend == "reference")
 
 
 def _teacher_kwargs(mode, m, n, dt, dtype, device, symmetric):
@@ -119,12 +107,8 @@ def check_symmetric(b, d, dtype, device, teacher, reduction="none", scale=20.0, 
 
 
 def _check(got, want, x, dtype, tol):
-    tol = tol if tol is not None else (TOL_INTERPRETED if INTERPRETED else TOL)[dtype]
-    loss, dx, dy, ds = got
-    assert loss.dtype == torch.float32, "the loss comes back in float32"
-    assert dx.dtype == dtype and dy.dtype == dtype, "gradients come back in the input dtype"
-    for name, a, e in zip(("loss", "dx", "dy", "dscale"), got, want):
-        _close(name, a, e, tol)
+    assert A.dtypes_ok(got, dtype), "the loss comes back in float32, the gradients in the input dtype"
+    A.assert_close(got, want, tol if tol is not None else A.tolerance(dtype, DOTS))
 
 
 TEACHERS = ("self", "self_scaled", "separate")

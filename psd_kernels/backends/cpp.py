@@ -56,7 +56,7 @@ def supports(device: torch.device, dtype: torch.dtype) -> str | None:
     if device.type == "cpu":
         return None
     if device.type == "cuda":
-        return None if _CUDA_BUILT else "psd_kernels._C was built without CUDA (see python -m psd_kernels.info)"
+        return None if _CUDA_BUILT else "psd_kernels._C was built without CUDA (see python -m psd_kernels.tools.info)"
     return f"device type {device.type!r} is not supported (cpu, cuda)"
 
 

@@ -1,11 +1,11 @@
 """Ahead-of-time check of the Triton kernels as the public API launches them, without a GPU.
 
-    python -m psd_kernels.compile_check                      # the full matrix (make compile-check)
-    python -m psd_kernels.compile_check --arch 90 --dtype bf16 --D 500
-    python -m psd_kernels.compile_check --json               # one JSON object per line
-    python -m psd_kernels.compile_check --cpp                # also the C++ CUDA kernels of psd_kernels._C
+    python -m psd_kernels.tools.compile_check                      # the full matrix (make compile-check)
+    python -m psd_kernels.tools.compile_check --arch 90 --dtype bf16 --D 500
+    python -m psd_kernels.tools.compile_check --json               # one JSON object per line
+    python -m psd_kernels.tools.compile_check --cpp                # also the C++ CUDA kernels of psd_kernels._C
 
-The variants come from the launcher itself (psd_kernels.launches): psd_loss / psd_clip_loss
+The variants come from the launcher itself (psd_kernels.tools.launches): psd_loss / psd_clip_loss
 and their backward run on meta tensors for every case of the matrix (B, D, D', teacher case,
 symmetric and one direction, aligned and offset inputs, reductions "none" and "mean": the latter
 the one-sweep forward and the cross-term gradient tiles of a teacher with statistics of its own;

@@ -1,6 +1,6 @@
 """What psd_kernels._C was built with, and why a part is missing.
 
-    .venv/bin/python -m psd_kernels.info
+    .venv/bin/python -m psd_kernels.tools.info
 
 `build_info()` returns a dict: extension (importable), extension_error (why not),
 cpu_built, cuda_built, cuda_reason (why the CUDA part is missing: recorded by

@@ -3,7 +3,7 @@
     launches = record(arch=90, sms=132, cases=cases("bf16"))
 
 Each case calls psd_kernels.psd_loss / psd_clip_loss (backend="triton") and its backward on
-meta tensors: the host code of psd_kernels.triton_psd runs unchanged (shapes, strides, chunks,
+meta tensors: the host code of psd_kernels.backends.triton.launcher runs unchanged (shapes, strides, chunks,
 grids, column splits), while the launches themselves are intercepted. A meta tensor's
 data_ptr() is its byte offset, so a launch's pointers keep the alignment they have on a GPU
 (the CUDA caching allocator returns blocks aligned to 512 bytes); its integer arguments are
@@ -11,7 +11,7 @@ the real ones. During a recording the device looks like sm_<arch> with `sms` SMs
 code and to the prune functions.
 
 Both reductions that launch different kernels are recorded: "none", and "mean", which takes a
-backend's fused weighted path where it has one (psd_kernels.triton_psd.clip_weighted_loss: for
+backend's fused weighted path where it has one (psd_kernels.backends.triton.launcher.clip_weighted_loss: for
 the symmetric loss with a teacher of statistics of its own, the one forward sweep with column
 partials and the gradient tiles with the cross terms, CROSS, formed in the forward). "sum"
 launches exactly what "mean" does (only the host-side weight differs), so it is not recorded.

@@ -1,10 +1,10 @@
 """Roofline of the symmetric PSD loss (forward + backward) on Hopper: FLOPs, HBM bytes, predicted time.
 
-    .venv/bin/python -m psd_kernels.roofline            # a table
-    .venv/bin/python -m psd_kernels.roofline --json     # one JSON object per row
+    .venv/bin/python -m psd_kernels.tools.roofline            # a table
+    .venv/bin/python -m psd_kernels.tools.roofline --json     # one JSON object per row
 
-For each case (B = 32768, D = 512 with a self teacher and with a separate teacher of
-width D' = D; B = 1,048,576, D = 512, self teacher), each GPU backend and each GPU
+For each case (B = 32768, D = 512 with a self_scaled teacher (the student at half its scale) and
+with a separate teacher of width D' = D; B = 1,048,576, D = 512, self_scaled), each GPU backend and each GPU
 (H100 SXM, H200): the useful FLOPs, the FLOPs the backend's algorithm executes, the
 HBM bytes it moves, and the predicted time = max(compute time, memory time), with
 the bound that sets it. bf16 inputs (the GPU benchmark's dtype).
@@ -53,16 +53,16 @@ vectors of O(B) floats left out except where a launch sweeps them per block.
                  output; the R x B fp32 score blocks round-trip HBM: sweep 1 writes
                  them and the row- and column-statistics kernels read them, sweep 2
                  rewrites them, form_grad reads them and writes G over them, the dx
-                 and dy GEMMs read G (8 passes over B^2 fp32 for a self teacher, 13 with
+                 and dy GEMMs read G (8 passes over B^2 fp32 for a self_scaled teacher, 13 with
                  a separate one); the column statistics (6 floats per column) are
                  read and written by every block of sweep 1, the column coefficients
-                 (4) read by every block of sweep 2 (a self teacher at its own scale, as
-                 in the benchmark, keeps teacher statistics too); the gradients are cast back.
+                 (4) read by every block of sweep 2 (the self_scaled teacher, the student at
+                 half its scale as in the benchmark, keeps teacher statistics too); the gradients are cast back.
 
 Waves (psd-triton): each launch runs its programs in ceil(P / slots) waves on slots = SMs x
 CTAs per SM, the CTAs per SM following from the registers and shared memory of the config the
-launcher runs first (python -m psd_kernels.compile_check, sm_90, bf16); its compute time is
-divided by the grid's efficiency (psd_kernels.grid: work / (slots x waves x longest program)).
+launcher runs first (python -m psd_kernels.tools.compile_check, sm_90, bf16); its compute time is
+divided by the grid's efficiency (psd_kernels.backends.triton.grid: work / (slots x waves x longest program)).
 psd-cpp's cuBLAS GEMMs are taken at the peak rate.
 
 Peak rates and bandwidths are NVIDIA's datasheet figures (dense, no sparsity); what
@@ -111,7 +111,7 @@ class Case:
     name: str
     batch: int
     dim: int
-    teacher: str = "self"    # "self": no teacher product; "separate": a teacher of width teacher_dim
+    teacher: str = "self_scaled"  # "self_scaled": no teacher product; "separate": a teacher of width teacher_dim
     teacher_dim: int = 0
 
     @property
@@ -120,9 +120,9 @@ class Case:
         return self.teacher_dim if self.teacher == "separate" else 0
 
 
-CASES = (Case("B=32768 D=512 self teacher", 32768, 512),
+CASES = (Case("B=32768 D=512 self_scaled teacher", 32768, 512),
          Case("B=32768 D=512 separate teacher D'=512", 32768, 512, "separate", 512),
-         Case("B=1048576 D=512 self teacher", 1 << 20, 512))
+         Case("B=1048576 D=512 self_scaled teacher", 1 << 20, 512))
 
 
 def useful_flops(case: Case) -> float:
@@ -134,8 +134,8 @@ def useful_flops(case: Case) -> float:
 def triton_forward_sweeps(case: Case, reduction: str = "mean") -> int:
     """Row sweeps of the symmetric forward: one with column partials for mean/sum (the gradients
     are formed in the forward, the cross terms in the gradient tiles); two (rows, then columns) for
-    reduction="none" when the teacher has statistics of its own, as the benchmark's self teacher at
-    half the scale and a separate teacher do (triton_psd)."""
+    reduction="none" when the teacher has statistics of its own, as the benchmark's self_scaled teacher at
+    half the scale and a separate teacher do (backends/triton/launcher.py)."""
     return 1 if reduction != "none" else 2
 
 
@@ -148,7 +148,7 @@ def triton_flops(case: Case, reduction: str = "mean") -> float:
 
 
 # The config each Triton kernel runs first (the autotuner may pick another) and its resources on
-# sm_90 at B = 32768, D = D' = 512, bf16, from the whole-matrix python -m psd_kernels.compile_check
+# sm_90 at B = 32768, D = D' = 512, bf16, from the whole-matrix python -m psd_kernels.tools.compile_check
 # (Triton 3.8.0; the larger of the two teacher cases' registers, the self teacher at another scale
 # and the separate teacher): (BLOCK_M, BLOCK_N, warps, registers per thread, shared memory bytes).
 TRITON_KERNELS = {
@@ -176,7 +176,7 @@ class Launch:
     count: int         # how many such launches (one per G chunk, ...)
     flops: float       # per launch
     programs: int      # per launch
-    efficiency: float  # of the grid on the GPU's slots (psd_kernels.grid)
+    efficiency: float  # of the grid on the GPU's slots (psd_kernels.backends.triton.grid)
 
     @property
     def ctas(self) -> int:
@@ -185,7 +185,7 @@ class Launch:
 
 
 def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
-    """Every launch of a forward + backward at B = case.batch with its grid (triton_psd)."""
+    """Every launch of a forward + backward at B = case.batch with its grid (backends/triton/launcher.py)."""
     b, d, k = case.batch, case.dim, case.dim + case.d_teacher
     cd = math.ceil
 
@@ -217,7 +217,7 @@ def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
 
 
 def triton_k_splits(m: int, n: int, k: int, sms: int) -> tuple[int, int]:
-    """K splits of the dx product (triton_psd._k_splits): when its 128 x 128 output tiles are fewer
+    """K splits of the dx product (launcher._k_splits): when its 128 x 128 output tiles are fewer
     than 2 x SMs, as many splits of at least 2048 as keep tiles x splits within 2 x SMs."""
     tiles = math.ceil(m / 128) * math.ceil(n / 128)
     splits = max(1, min(2 * sms // tiles, k // 2048))
@@ -233,7 +233,7 @@ def triton_compute_seconds(case: Case, gpu: GPU, reduction: str = "mean") -> flo
 
 
 def triton_chunk_rows(batch: int, chunk_bytes: int = 1 << 30) -> int:
-    """Rows per chunk of G (triton_psd._chunk_rows): as many as fit 1 GiB of bf16, a multiple of 128."""
+    """Rows per chunk of G (launcher._chunk_rows): as many as fit 1 GiB of bf16, a multiple of 128."""
     return min(max(128, chunk_bytes // (batch * BF16_BYTES) // 128 * 128), math.ceil(batch / 128) * 128)
 
 
@@ -253,7 +253,7 @@ def cpp_flops(case: Case) -> float:
 
 
 def _triton_splits(batch: int, sms: int) -> int:
-    """Column splits of a row sweep (triton_psd._num_splits with 128-row blocks)."""
+    """Column splits of a row sweep (launcher._num_splits with 128-row blocks)."""
     return max(1, min(64, math.ceil(batch / 64), math.ceil(2 * sms / math.ceil(batch / 128))))
 
 

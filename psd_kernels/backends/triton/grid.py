@@ -7,7 +7,7 @@ share of the slots' time that does work,
     efficiency = total work / (slots x waves x longest program's work),
 
 is what the grid costs against a perfectly filled GPU (1.0). The one-sweep symmetric forward
-(psd_kernels.triton_psd) picks its (row groups, column splits) here, and psd_kernels.roofline
+(psd_kernels.backends.triton.launcher) picks its (row groups, column splits) here, and psd_kernels.tools.roofline
 divides each launch's compute time by this efficiency.
 
 Pure Python (no torch, no triton), so the roofline uses the very function the launcher does.

@@ -1,11 +1,12 @@
 """Triton kernels of the fused PSD loss (docs/fused_algorithm.md): forward, gradient tiles, products.
 
 All kernels see one generic problem: rows `a` (n_a x D) against columns `b` (n_b x D),
-S = s * a b^T, teacher logits T as selected by TEACHER:
+S = s * a b^T, teacher logits T as selected by the constexpr TEACHER, one of (the teacher cases,
+named "self", "self_scaled" and "separate" in psd_kernels.tools and benchmarks/):
 
-    TEACHER = 0   self teacher at the student's scale: T = S, R = P (no teacher statistics)
-    TEACHER = 1   self teacher at another scale:        T = s~ * a b^T (same dot products)
-    TEACHER = 2   separate teacher:                     T = s~ * ta tb^T (a second product)
+    TEACHER_SELF         = 0  the student at its own scale:   T = S, R = P (no teacher statistics)
+    TEACHER_SELF_SCALED  = 1  the student at another scale:   T = s~ * a b^T (same dot products)
+    TEACHER_SEPARATE     = 2  separate teacher embeddings:    T = s~ * ta tb^T (a second product)
 
 _psd_fwd_kernel   sweeps column tiles per row block (online softmax) and writes per-row
                   partial statistics per column split; for the symmetric loss it also folds
@@ -26,7 +27,7 @@ No kernel keeps a D-wide accumulator across column tiles (the old backward held 
 fp32 gradient rows in registers and spilled); docs/fused_algorithm.md counts the FLOPs and
 bytes of this split. In-tile offsets are 32-bit (a tile never spans 2^31 elements); the
 per-program bases are 64-bit, so any B works. The host functions and the autograd Function
-live in psd_kernels/triton_psd.py; psd_kernels/compile_check.py compiles every variant for
+live in psd_kernels/backends/triton/launcher.py; psd_kernels/tools/compile_check.py compiles every variant for
 sm_80 / sm_90 / sm_100 and reports registers, spills and the tensor-core instruction.
 
 Tested by: .venv/bin/python -m pytest tests/test_triton.py (under TRITON_INTERPRET=1).
@@ -39,6 +40,13 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# The teacher cases (module docstring). Triton reads a global inside a kernel only when it is a
+# tl.constexpr instance; on the host `teacher == TEACHER_SEPARATE` compares by value and
+# TEACHER_SEPARATE.value is the int a launch passes.
+TEACHER_SELF = tl.constexpr(0)
+TEACHER_SELF_SCALED = tl.constexpr(1)
+TEACHER_SEPARATE = tl.constexpr(2)
 
 
 def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
@@ -53,7 +61,7 @@ def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
 
 # (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
 # 64-row tiles run 4 warps and 128-row tiles 8. Every config kept by the prune functions below is
-# spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.compile_check;
+# spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.tools.compile_check;
 # registers do not depend on D, which only sets the trip count of the K loops). The 4-stage forward
 # config serves the one sweep with column partials only, the 32-wide gradient tile only where the
 # 64-wide ones spill (see the prune functions).
@@ -65,17 +73,17 @@ GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64,
 
 _ARCH_CACHE: dict = {}
 
-# Configs that psd_kernels.compile_check saw spill on one arch only (with Triton's ptxas flags),
+# Configs that psd_kernels.tools.compile_check saw spill on one arch only (with Triton's ptxas flags),
 # as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N)); the prune functions drop them there.
 _ARCH_SPILLS = (
-    (100, "fwd", dict(TEACHER=0, COL_STATS=False), (128, 32)),
-    (100, "fwd", dict(TEACHER=0, COL_STATS=True), (64, 32)),
-    (100, "fwd", dict(TEACHER=1, COL_STATS=False), (64, 32)),
-    (100, "fwd", dict(TEACHER=2, COL_STATS=True), (64, 32)),
+    (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=False), (128, 32)),
+    (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=True), (64, 32)),
+    (100, "fwd", dict(TEACHER=TEACHER_SELF_SCALED, COL_STATS=False), (64, 32)),
+    (100, "fwd", dict(TEACHER=TEACHER_SEPARATE, COL_STATS=True), (64, 32)),
     (100, "grad", dict(CROSS=True), (128, 64)),
     (100, "grad", dict(CROSS=True), (64, 64)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
-    (80, "grad", dict(B_DIR=True, TEACHER=0), (128, 64)),  # 8 bytes when n_b is not a multiple of 16
+    (80, "grad", dict(B_DIR=True, TEACHER=TEACHER_SELF), (128, 64)),  # 8 bytes when n_b is not a multiple of 16
 )
 
 
@@ -127,12 +135,12 @@ def _prune_gemm(configs, named_args, **kwargs):
 
 def _prune_fwd(configs, named_args, **kwargs):
     """The one-sweep symmetric forward (COL_STATS) also folds every tile into column statistics,
-    and a separate teacher (TEACHER 2) adds a second score tile: their 64-wide tiles spill (sm_80,
+    and a separate teacher (TEACHER_SEPARATE) adds a second score tile: their 64-wide tiles spill (sm_80,
     sm_90, sm_100; 8 to 336 bytes per thread), so they keep the 32-wide ones. The one sweep runs
     its 128 x 32 tile with 4 stages: with 3 it spills on sm_100 (8 to 56 bytes per thread, for a
     teacher with statistics of its own) and the other sweeps keep 3."""
     kept = _prune_wide(configs, named_args, **kwargs)
-    if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == 2:
+    if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == TEACHER_SEPARATE:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
     stages = 3 if kwargs.get("COL_STATS") else 4   # the 128 x 32 config this launch does not run
     kept = [c for c in kept if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) != (128, 32, stages)]
@@ -260,12 +268,12 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
             p = tl.exp(S_max - m_new[:, None])  # 0 on masked columns
             corr = tl.exp(m - m_new)
             l = l * corr + tl.sum(p, axis=1)
-            if TEACHER == 0:
+            if TEACHER == TEACHER_SELF:
                 # T = S: the teacher weights are P's, w = sum exp(S - m) S.
                 w = w * corr + tl.sum(p * S, axis=1)
             elif not COL_STATS:
                 # the teacher's statistics and the cross term w = sum exp(T - mt) S in this tile
-                if TEACHER == 1:
+                if TEACHER == TEACHER_SELF_SCALED:
                     T = st * d
                 else:
                     T = st * _dot_tile(ta_ptr, tb_ptr, row0, c0, n_a, n_b, DT, stride_ta, stride_tb,
@@ -282,12 +290,12 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
             if COL_STATS:
                 # the student's column statistics (and w' for a self teacher at the same scale)
                 _col_fold(colpart, colpart + col_plane, colpart + 4 * col_plane, cols, col_mask,
-                          rb - rb_start, S, S, row_mask, TEACHER == 0)
-                if TEACHER != 0:
+                          rb - rb_start, S, S, row_mask, TEACHER == TEACHER_SELF)
+                if TEACHER != TEACHER_SELF:
                     # then the teacher's, rows and columns, once S is no longer needed: no cross
                     # term here (the gradient-tile kernel forms it), so S and T are never live
                     # together
-                    if TEACHER == 1:
+                    if TEACHER == TEACHER_SELF_SCALED:
                         T = st * d
                     else:
                         T = st * _dot_tile(ta_ptr, tb_ptr, row0, c0, n_a, n_b, DT, stride_ta, stride_tb,
@@ -298,7 +306,7 @@ def _psd_fwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, scale_ptr, tscale_
                     mt = mt_new
                     _col_fold(colpart + 2 * col_plane, colpart + 3 * col_plane, colpart, cols, col_mask,
                               rb - rb_start, T, T, row_mask, False)
-        if TEACHER == 0:
+        if TEACHER == TEACHER_SELF:
             mt = m
             lt = l
         plane = tl.cast(n_a, tl.int64) * n_split
@@ -319,7 +327,7 @@ def _direction_grad(P, R, g, alpha, onehot, TEACHER: tl.constexpr):
     with a self teacher at the same scale R = P, so g (1 - alpha) (P - onehot).
     """
     hot = onehot.to(tl.float32)
-    if TEACHER == 0:
+    if TEACHER == TEACHER_SELF:
         G = (1.0 - alpha) * (P - hot)
     else:
         G = P - (1.0 - alpha) * hot - alpha * R
@@ -368,9 +376,9 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
     d = _dot_tile(a_ptr, b_ptr, row_start + pid_m * BLOCK_M, col0, row_start + n_rows, n_b, D, stride_a,
                   stride_b, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION)
     S = s * d
-    if TEACHER == 1:
+    if TEACHER == TEACHER_SELF_SCALED:
         T = st * d
-    elif TEACHER == 2:
+    elif TEACHER == TEACHER_SEPARATE:
         T = st * _dot_tile(ta_ptr, tb_ptr, row_start + pid_m * BLOCK_M, col0, row_start + n_rows, n_b, DT,
                            stride_ta, stride_tb, BLOCK_M, BLOCK_N, BLOCK_KT, DOT_FP32, PRECISION)
     else:
@@ -386,7 +394,7 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
         else:
             lab_a = tl.load(labels_a_ptr + rows, mask=row_mask, other=-1)
         P_a = tl.exp(S - lse_a)
-        if TEACHER == 0:
+        if TEACHER == TEACHER_SELF:
             R_a = P_a
         else:
             R_a = tl.exp(T - tl.load(lset_a_ptr + rows, mask=row_mask, other=0.0)[:, None])
@@ -403,7 +411,7 @@ def _psd_grad_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, tscale_ptr,
         else:
             lab_b = tl.load(labels_b_ptr + cols, mask=col_mask, other=-1)
         P_b = tl.exp(S - lse_b)
-        if TEACHER == 0:
+        if TEACHER == TEACHER_SELF:
             R_b = P_b
         else:
             R_b = tl.exp(T - tl.load(lset_b_ptr + cols, mask=col_mask, other=0.0)[None, :])

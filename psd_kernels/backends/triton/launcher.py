@@ -1,7 +1,7 @@
 """The Triton backend of the PSD loss: host functions, one autograd Function, the backend contract.
 
 Implements the fused algorithm of docs/fused_algorithm.md with the kernels of
-psd_kernels/triton_kernels.py; returns per-row losses (psd_kernels.assembly reduces them).
+psd_kernels/backends/triton/kernels.py; returns per-row losses (psd_kernels.assembly reduces them).
 
 Forward: one sweep over column tiles per row block (split over columns when
 there are few row blocks), writing per-row partial statistics that are merged
@@ -9,7 +9,7 @@ here. The symmetric loss with a self teacher at the student's scale uses the sam
 sweep for both directions: each program owns a row group and a column split and also
 folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=sweep instead
 runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py);
-the grid (row groups x column splits) comes from psd_kernels.grid.balanced_grid.
+the grid (row groups x column splits) comes from psd_kernels.backends.triton.grid.balanced_grid.
 A teacher with statistics of its own (another scale, separate embeddings):
   mean / sum with gradients (clip_weighted_loss): one sweep that folds the student's tile and
       then the teacher's into row and column statistics, without the cross terms E_R[S]
@@ -35,10 +35,10 @@ Any M, N, D: tiles are masked at the edges, D and D' only set the length of the 
 Every width runs the specialised, pipelined kernels: _operand() hands the kernels rows whose
 width is a multiple of 16 (zero columns appended: exact, an O(B D) copy) and whose start is
 16-byte aligned, which is what Triton's binder needs to mark D, the row strides and the
-pointers divisible by 16 (vectorised, asynchronous loads; psd_kernels.compile_check).
+pointers divisible by 16 (vectorised, asynchronous loads; psd_kernels.tools.compile_check).
 Autotuning: configs keyed on the swept length (power-of-two bucket, capped at 65536),
 D, D', teacher case and dtypes; PSD_TRITON_AUTOTUNE=0 runs the first config that fits.
-psd_kernels.compile_check records the launches of this module (psd_kernels.launches) and
+psd_kernels.tools.compile_check records the launches of this module (psd_kernels.tools.launches) and
 compiles each one for sm_80, sm_90 and sm_100.
 
 Use it through the public API: psd_kernels.psd_loss(..., backend="triton").
@@ -147,7 +147,7 @@ def _merge(m, l, mt, lt, w, dim):
 
 def _groups(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
     """(row groups, column splits) of the one-sweep symmetric forward: the grid of
-    psd_kernels.grid.balanced_grid over 128-row blocks and 32-column tiles (the kept tiles), which
+    psd_kernels.backends.triton.grid.balanced_grid over 128-row blocks and 32-column tiles (the kept tiles), which
     fills the SMs in whole waves at one and at two CTAs per SM."""
     if K.INTERPRET:  # tiny tests: several groups, some of them empty
         return min(4, triton.cdiv(n_rows, 16)), min(4, triton.cdiv(n_cols, 16))
@@ -183,21 +183,22 @@ def _forward_stats(a, b, ta, tb, scale, tscale, labels, teacher, col_stats):
         grid = lambda meta: (triton.cdiv(n_a, meta["BLOCK_M"]), n_split)  # noqa: E731
     part = torch.empty((6, n_a, n_split), device=a.device, dtype=torch.float32)
     diag = labels is None
-    ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
+    ta_, tb_ = (ta, tb) if teacher == K.TEACHER_SEPARATE.value else (a, b)
     _launch(K._psd_fwd_kernel, grid,
             (a, b, ta_, tb_, a if diag else labels, scale, tscale, part, colpart,
              n_a, n_b, a.shape[1], ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0),
              n_split, n_groups, _tune_n(n_b)),
-            TEACHER=teacher, LABELS_DIAG=diag, COL_STATS=col_stats, **_common(a, ta if teacher == 2 else None))
+            TEACHER=teacher, LABELS_DIAG=diag, COL_STATS=col_stats,
+            **_common(a, ta if teacher == K.TEACHER_SEPARATE.value else None))
     m, l, mt, lt, w, pos = part.unbind(0)
     lse, lset, expected = _merge(m, l, mt, lt, w, dim=1)
     if not col_stats:
         return (lse, lset, expected, pos.sum(dim=1)), None
     m, l, mt, lt, w = colpart.unbind(0)
-    if teacher == 0:  # the kernel keeps m', l', w' only: the teacher's statistics are the student's
+    if teacher == K.TEACHER_SELF.value:  # the kernel keeps m', l', w' only: the teacher's statistics are the student's
         mt, lt = m, l
     cols = _merge(m, l, mt, lt, w, dim=0)
-    if teacher != 0:
+    if teacher != K.TEACHER_SELF.value:
         return (lse, lset, None, pos.sum(dim=1)), cols[:2] + (None,)
     return (lse, lset, expected, pos.sum(dim=1)), cols
 
@@ -272,7 +273,7 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
     dummy = (scale,) * 5
     sa = tuple(scale if t is None else t for t in (a_dir or dummy))
     sb = tuple(scale if t is None else t for t in (b_dir or dummy))
-    ta_, tb_ = (ta, tb) if teacher == 2 else (a, b)
+    ta_, tb_ = (ta, tb) if teacher == K.TEACHER_SEPARATE.value else (a, b)
     chunk = _chunk_rows(n_a, n_b16, a.element_size())
     alpha32 = (scale.float() * weight).reshape(1)
     for r0 in range(0, n_a, chunk):
@@ -289,7 +290,7 @@ def _gradients(a, b, ta, tb, scale, tscale, a_dir, b_dir, teacher, diag, need_da
                 (a, b, ta_, tb_, scale, tscale, *sa, *sb, grad, ds_tiles, wrow, wcol, r0, rows, n_b, grad.stride(0),
                  a.shape[1], ta_.shape[1], a.stride(0), b.stride(0), ta_.stride(0), tb_.stride(0), _tune_n(n_b)),
                 A_DIR=a_dir is not None, B_DIR=b_dir is not None, TEACHER=teacher, CROSS=cross, LABELS_DIAG=diag,
-                record=meta, **_common(a, ta if teacher == 2 else None))
+                record=meta, **_common(a, ta if teacher == K.TEACHER_SEPARATE.value else None))
         if need_ds:  # only the first n_b / BLOCK_N rows of ds_tiles were written
             ds += ds_tiles[:triton.cdiv(n_b, meta["BLOCK_N"])].sum()
         if cross:  # likewise the first tiles of the cross-term partials
@@ -314,11 +315,11 @@ class _PSDFunction(torch.autograd.Function):
     def forward(ctx, x, y, scale, alpha_x, alpha_y, labels, tx, ty, tscale, teacher, symmetric):
         s = scale.detach()
         ts = s if tscale is None else tscale.detach()
-        # Column partials in the same sweep for a self teacher at the student's scale; with
-        # teacher statistics of their own (TEACHER 1, 2) the loss needs the cross terms E_R[S],
+        # Column partials in the same sweep for a self teacher at the student's scale; with teacher
+        # statistics of their own (TEACHER_SELF_SCALED, TEACHER_SEPARATE) the loss needs the cross terms E_R[S],
         # which a sweep with column partials leaves to the gradient tiles, unknown here without
         # the per-row weights: the columns get a second sweep (mean/sum: _ClipWeightedFunction).
-        one_sweep = symmetric and teacher == 0 and _column_stats_mode() == "partials"
+        one_sweep = symmetric and teacher == K.TEACHER_SELF.value and _column_stats_mode() == "partials"
         (lse_x, lset_x, e_x, pos), cols = _forward_stats(x, y, tx, ty, s, ts, labels, teacher, one_sweep)
         loss_x = _row_losses(lse_x, e_x, pos, alpha_x)
         lse_y = lset_y = None
@@ -408,13 +409,14 @@ def _operand(t: torch.Tensor) -> torch.Tensor:
 
 
 def _teacher_args(teacher_x, teacher_y, teacher_scale):
-    """(TEACHER case, x~, y~, s~) for the kernels: 0 self at the same scale, 1 self at s~, 2 separate."""
+    """(teacher case, x~, y~, s~) for the kernels: the value of K.TEACHER_SELF (the student at its
+    scale), K.TEACHER_SELF_SCALED (the student at s~) or K.TEACHER_SEPARATE."""
     if teacher_x is not None:
-        teacher = 2
+        teacher = K.TEACHER_SEPARATE.value
     else:
-        teacher = 0 if teacher_scale is None else 1
-    tx = _operand(teacher_x.detach()) if teacher == 2 else None
-    ty = _operand(teacher_y.detach()) if teacher == 2 else None
+        teacher = (K.TEACHER_SELF if teacher_scale is None else K.TEACHER_SELF_SCALED).value
+    tx = _operand(teacher_x.detach()) if teacher == K.TEACHER_SEPARATE.value else None
+    ty = _operand(teacher_y.detach()) if teacher == K.TEACHER_SEPARATE.value else None
     ts = None if teacher_scale is None else teacher_scale.float()
     return teacher, tx, ty, ts
 
@@ -440,7 +442,7 @@ def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_imag
     (_ClipWeightedFunction); otherwise the sum of clip_rows."""
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
     needs = tuple(torch.is_grad_enabled() and t.requires_grad for t in (image, text, scale))
-    if teacher == 0 or not any(needs) or _column_stats_mode() != "partials":
+    if teacher == K.TEACHER_SELF.value or not any(needs) or _column_stats_mode() != "partials":
         return weight * clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
                                   teacher_scale).sum()
     return _ClipWeightedFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
