@@ -13,7 +13,7 @@ CUDA toolkit is found and torch was built with CUDA. Environment flags:
     MAX_JOBS=2              parallel compile jobs (read by torch's ninja build)
     CUDA_HOME=/path         the toolkit (default: found from nvcc on PATH, else /usr/local/cuda*)
 
-What was built, and why a part is missing: python -m psd_kernels.info
+What was built, and why a part is missing: python -m psd_kernels.tools.info
 """
 import glob
 import importlib.util
@@ -71,9 +71,10 @@ def find_cuda_home():
 
 
 def _arch_policy():
-    """psd_kernels/info.py, loaded by path: the arch policy that python -m psd_kernels.info reports
+    """psd_kernels/tools/info.py, loaded by path: the arch policy that python -m psd_kernels.tools.info reports
     (importing the package itself would load a stale or missing psd_kernels._C)."""
-    spec = importlib.util.spec_from_file_location("_psd_build_info", os.path.join(ROOT, "psd_kernels", "info.py"))
+    path = os.path.join(ROOT, "psd_kernels", "tools", "info.py")
+    spec = importlib.util.spec_from_file_location("_psd_build_info", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
