@@ -78,6 +78,10 @@ _ARCH_CACHE: dict = {}
 _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=False), (128, 32)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=True), (64, 32)),
+    # the symmetric loss's second sweep (PSD_TRITON_COLUMN_STATS=sweep): at B a multiple of 16 ptxas
+    # holds the 64-row tiles to 128 / 168 registers and spills 8 / 16 bytes; 128 x 64 stays spill-free
+    (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 32)),
+    (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 64)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF_SCALED, COL_STATS=False), (64, 32)),
     (100, "fwd", dict(TEACHER=TEACHER_SEPARATE, COL_STATS=True), (64, 32)),
     (100, "grad", dict(CROSS=True), (128, 64)),
