@@ -62,6 +62,17 @@ REGS_PER_SM, MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 65536, 64, 32
 # The tensor-core op each arch's dots must lower to, as named in the TTGIR.
 TENSOR_CORE = {80: "mma.sync", 90: "wgmma", 100: "tcgen05"}
 WAVES_CASE = dict(b=32768, d=512, dtype="bf16", offset=False)
+# The kernels' TEACHER constexpr by its name (psd_kernels.backends.triton.kernels.TEACHER_*).
+TEACHER_CASES = {0: "self", 1: "self_scaled", 2: "separate"}
+
+
+def _shown(name: str, value) -> str:
+    """A constexpr as the flags column prints it: booleans as 0/1, the teacher case by name."""
+    if name == "TEACHER":
+        return TEACHER_CASES.get(int(value), str(value))
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
 FIELDS = ("kernel", "arch", "dtype", "flags", "config", "regs", "spill_bytes", "smem", "ctas", "dots", "tc_dots",
           "sync_loads", "uses", "example")
 
@@ -87,8 +98,7 @@ class Variant:
     def flags(self) -> str:
         """The constexprs other than tile sizes and precision, and the ints the binder fixed to 1."""
         skip = {"DOT_FP32", "PRECISION", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_KT"}
-        return ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in self.launch.constexprs
-                        if k not in skip and v is not None)
+        return ",".join(f"{k}={_shown(k, v)}" for k, v in self.launch.constexprs if k not in skip and v is not None)
 
     def config(self) -> str:
         c = dict(self.launch.constexprs)
