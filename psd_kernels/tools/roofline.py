@@ -152,7 +152,9 @@ def triton_flops(case: Case, reduction: str = "mean") -> float:
 # (Triton 3.8.0; the larger of the two teacher cases' registers, the self teacher at another scale
 # and the separate teacher): (BLOCK_M, BLOCK_N, warps, registers per thread, shared memory bytes).
 TRITON_KERNELS = {
-    "fwd_sym": (128, 32, 8, 255, 82944),    # one sweep with column partials (4 stages): 222 / 255
+    "fwd_sym": (128, 32, 8, 222, 82944),    # one sweep with column partials (4 stages); a separate
+                                            # teacher runs 64 x 32 on 4 warps there (255, 37888:
+                                            # 2 CTAs per SM, the same 97% grid)
     "fwd_sym2": (128, 64, 8, 219, 50176),   # a row sweep (reduction="none": two of them); the
                                             # separate teacher runs 128 x 32 there (226, 62464)
     "grad": (128, 64, 8, 255, 74752),       # gradient tiles with the cross terms: 255 / 254

@@ -49,23 +49,29 @@ TEACHER_SELF_SCALED = tl.constexpr(1)
 TEACHER_SEPARATE = tl.constexpr(2)
 
 
-def _configs(shapes, keys=("BLOCK_M", "BLOCK_N")):
-    """shapes: (block sizes..., num_warps, num_stages) tuples. The interpreter runs every config it
-    is given; one small tile keeps its tests fast and still makes every masked edge appear."""
+def _configs(shapes, keys=("BLOCK_M", "BLOCK_N"), maxnreg=None):
+    """shapes: (block sizes..., num_warps, num_stages) tuples; maxnreg caps ptxas's registers per
+    thread. The interpreter runs every config it is given; one small tile keeps its tests fast and
+    still makes every masked edge appear."""
     if INTERPRET:
         small = {k: 16 for k in keys}
         return [triton.Config(small, num_warps=1, num_stages=1)]
-    return [triton.Config(dict(zip(keys, shape[:-2])), num_warps=shape[-2], num_stages=shape[-1])
+    return [triton.Config(dict(zip(keys, shape[:-2])), num_warps=shape[-2], num_stages=shape[-1], maxnreg=maxnreg)
             for shape in shapes]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
-# 64-row tiles run 4 warps and 128-row tiles 8. Every config kept by the prune functions below is
+# 64-row tiles run 4 warps and 128-row tiles 8 (one exception below, for sm_100). Every config kept by the prune functions below is
 # spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.tools.compile_check;
 # registers do not depend on D, which only sets the trip count of the K loops). The 4-stage forward
 # config serves the one sweep with column partials only, the 32-wide gradient tile only where the
 # 64-wide ones spill (see the prune functions).
 FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (128, 32, 8, 4), (64, 32, 4, 3)))
+# sm_100's one sweep: 64 x 32 tiles on 8 warps (8 fp32 values of each score tile per thread instead
+# of 16), 139 to 213 registers with Triton 3.6.0 / 3.8.0 / 3.9.0. Its cap of 224 registers is
+# needed: left to itself ptxas holds this kernel to 128 (two CTAs of 256 threads per SM) and
+# spills 8 to 40 bytes per thread.
+FWD_CONFIGS += [] if INTERPRET else _configs(((64, 32, 8, 3),), maxnreg=224)
 GRAD_CONFIGS = _configs(((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)))
 GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)),
                         keys=("BLOCK_M", "BLOCK_N", "BLOCK_K"))
@@ -74,16 +80,21 @@ GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64,
 _ARCH_CACHE: dict = {}
 
 # Configs that psd_kernels.tools.compile_check saw spill on one arch only (with Triton's ptxas flags),
-# as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N)); the prune functions drop them there.
+# as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N) or (BLOCK_M, BLOCK_N, num_warps));
+# the prune functions drop them there.
 _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=False), (128, 32)),
-    (100, "fwd", dict(TEACHER=TEACHER_SELF, COL_STATS=True), (64, 32)),
+    # sm_100's one sweep, every teacher: 128 x 32 on 8 warps and 64 x 32 on 4 sit at 251-255
+    # registers and spill 8 to 40 bytes per thread with Triton 3.6.0 or 3.9.0 (clean with 3.8.0,
+    # no headroom); it runs 64 x 32 on 8 warps
+    (100, "fwd", dict(COL_STATS=True), (128, 32)),
+    (100, "fwd", dict(COL_STATS=True), (64, 32, 4)),
     # the symmetric loss's second sweep (PSD_TRITON_COLUMN_STATS=sweep): at B a multiple of 16 ptxas
     # holds the 64-row tiles to 128 / 168 registers and spills 8 / 16 bytes; 128 x 64 stays spill-free
     (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 32)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 64)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF_SCALED, COL_STATS=False), (64, 32)),
-    (100, "fwd", dict(TEACHER=TEACHER_SEPARATE, COL_STATS=True), (64, 32)),
+    (90, "fwd", dict(TEACHER=TEACHER_SEPARATE, COL_STATS=True), (128, 32)),  # 16 bytes with Triton 3.9.0
     (100, "grad", dict(CROSS=True), (128, 64)),
     (100, "grad", dict(CROSS=True), (64, 64)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
@@ -109,7 +120,8 @@ def _drop_arch_spills(kernel, configs, named_args, kwargs):
     arch = _arch(named_args["a_ptr"])
     banned = {tile for a, k, when, tile in _ARCH_SPILLS
               if a == arch and k == kernel and all(kwargs.get(n) == v for n, v in when.items())}
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) not in banned]
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) not in banned
+            and (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) not in banned]
     return kept or configs
 
 
@@ -142,12 +154,15 @@ def _prune_fwd(configs, named_args, **kwargs):
     and a separate teacher (TEACHER_SEPARATE) adds a second score tile: their 64-wide tiles spill (sm_80,
     sm_90, sm_100; 8 to 336 bytes per thread), so they keep the 32-wide ones. The one sweep runs
     its 128 x 32 tile with 4 stages: with 3 it spills on sm_100 (8 to 56 bytes per thread, for a
-    teacher with statistics of its own) and the other sweeps keep 3."""
+    teacher with statistics of its own) and the other sweeps keep 3. The 64-row tile on 8 warps
+    serves sm_100's one sweep only (_ARCH_SPILLS drops the others there)."""
     kept = _prune_wide(configs, named_args, **kwargs)
     if kwargs.get("COL_STATS") or kwargs.get("TEACHER") == TEACHER_SEPARATE:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] <= 32] or [c for c in configs if c.kwargs["BLOCK_N"] <= 32]
     stages = 3 if kwargs.get("COL_STATS") else 4   # the 128 x 32 config this launch does not run
     kept = [c for c in kept if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) != (128, 32, stages)]
+    if not (kwargs.get("COL_STATS") and _arch(named_args["a_ptr"]) == 100):  # 64 rows on 8 warps: sm_100's one sweep
+        kept = [c for c in kept if (c.kwargs["BLOCK_M"], c.num_warps) != (64, 8)]
     return _drop_arch_spills("fwd", kept, named_args, kwargs)
 
 
