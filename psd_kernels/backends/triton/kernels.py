@@ -56,14 +56,15 @@ def _configs(shapes, keys=("BLOCK_M", "BLOCK_N"), maxnreg=None):
     if INTERPRET:
         small = {k: 16 for k in keys}
         return [triton.Config(small, num_warps=1, num_stages=1)]
-    return [triton.Config(dict(zip(keys, shape[:-2])), num_warps=shape[-2], num_stages=shape[-1], maxnreg=maxnreg)
-            for shape in shapes]
+    return [triton.Config(dict(zip(keys, shape[:-2])), num_warps=shape[-2], num_stages=shape[-1],
+                          maxnreg=maxnreg) for shape in shapes]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages). wgmma on sm_90 needs 64 rows per warpgroup of 4 warps, so
-# 64-row tiles run 4 warps and 128-row tiles 8 (one exception below, for sm_100). Every config kept by the prune functions below is
-# spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at any D (psd_kernels.tools.compile_check;
-# registers do not depend on D, which only sets the trip count of the K loops). The 4-stage forward
+# 64-row tiles run 4 warps and 128-row tiles 8 (one exception below, for sm_100). Every config
+# kept by the prune functions below is spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at
+# any D (psd_kernels.tools.compile_check; registers do not depend on D, which only sets the trip
+# count of the K loops). The 4-stage forward
 # config serves the one sweep with column partials only, the 32-wide gradient tile only where the
 # 64-wide ones spill (see the prune functions).
 FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (128, 32, 8, 4), (64, 32, 4, 3)))
