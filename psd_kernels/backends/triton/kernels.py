@@ -64,9 +64,8 @@ def _configs(shapes, keys=("BLOCK_M", "BLOCK_N"), maxnreg=None):
 # 64-row tiles run 4 warps and 128-row tiles 8 (one exception below, for sm_100). Every config
 # kept by the prune functions below is spill-free for 16-bit inputs on sm_80, sm_90 and sm_100 at
 # any D (psd_kernels.tools.compile_check; registers do not depend on D, which only sets the trip
-# count of the K loops). The 4-stage forward
-# config serves the one sweep with column partials only, the 32-wide gradient tile only where the
-# 64-wide ones spill (see the prune functions).
+# count of the K loops). The 4-stage forward config serves the one sweep with column partials only,
+# the 32-wide gradient tile only where the 64-wide ones spill (see the prune functions).
 FWD_CONFIGS = _configs(((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (128, 32, 8, 4), (64, 32, 4, 3)))
 # sm_100's one sweep: 64 x 32 tiles on 8 warps (8 fp32 values of each score tile per thread instead
 # of 16), 139 to 213 registers with Triton 3.6.0 / 3.8.0 / 3.9.0. Its cap of 224 registers is
