@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.psd-installed
 
-.PHONY: install test demo bench compile-check device-check clean
+.PHONY: install test demo bench compat compile-check device-check clean
 
 # Re-run the install when the pins, setup.py or the C++/CUDA sources change.
 $(STAMP): requirements.txt setup.py $(wildcard csrc/*)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/benchmark_psd_loss.py --preset cpu
+
+# The suite on the floor and on the pinned torch / Triton, each in a scratch venv under .compat/
+# (several GB of downloads; not part of `make test`). Results: docs/compatibility.md.
+compat:
+	$(PYTHON) scripts/compat.py
 
 # Every Triton kernel launch of the public API (recorded on meta tensors, specialised as Triton's
 # binder does) compiled for sm_80, sm_90 and sm_100 (no GPU needed): registers, spills, shared

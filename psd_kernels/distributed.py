@@ -84,6 +84,19 @@ def group_rank_size(process_group=None) -> tuple[int, int]:
 
 
 # -- collectives on rows, padded to the largest b_r on the wire ------------------------------
+# Newer torch (2.13 and 2.14 have them) names the single-tensor collectives all_gather_single and
+# reduce_scatter_single and deprecates all_gather_into_tensor and reduce_scatter_tensor, the only
+# names torch 2.8 and 2.9 have: use the new name where it exists.
+def _all_gather_single(out, t, group, async_op=False):
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return gather(out, t, group=group, async_op=async_op)
+
+
+def _reduce_scatter_single(out, t, group, async_op=False):
+    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return scatter(out, t, group=group, async_op=async_op)
+
+
 def _pad_rows(t: torch.Tensor, width: int) -> torch.Tensor:
     if t.shape[0] == width:
         return t.contiguous()
@@ -99,7 +112,7 @@ def all_gather_rows(tensors, layout: Layout, group) -> list:
     outs, works = [], []
     for t in tensors:
         out = t.new_empty((layout.world * width,) + tuple(t.shape[1:]))
-        works.append(dist.all_gather_single(out, _pad_rows(t, width), group=group, async_op=True))
+        works.append(_all_gather_single(out, _pad_rows(t, width), group, async_op=True))
         outs.append(out)
     for work in works:
         work.wait()
@@ -116,7 +129,7 @@ def reduce_scatter_rows(grads, layout: Layout, group) -> list:
         if any(n != width for n in layout.sizes):
             g = torch.cat([_pad_rows(chunk, width) for chunk in g.split(list(layout.sizes))])
         out = g.new_empty((width,) + tuple(g.shape[1:]))
-        works.append(dist.reduce_scatter_single(out, g.contiguous(), group=group, async_op=True))
+        works.append(_reduce_scatter_single(out, g.contiguous(), group, async_op=True))
         outs.append(out)
     for work in works:
         work.wait()
@@ -175,7 +188,7 @@ def _handshake(args, error, rank, world, group, local_loss, gather_with_grad, te
     on_cpu = "gloo" in backend or "mpi" in backend or not torch.cuda.is_available()
     device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
     out = torch.empty(world * len(_FIELDS), dtype=torch.int64, device=device)
-    dist.all_gather_single(out, torch.tensor(mine, dtype=torch.int64, device=device), group=group)
+    _all_gather_single(out, torch.tensor(mine, dtype=torch.int64, device=device), group)
     table = out.view(world, len(_FIELDS)).tolist()
     if error is not None:
         raise error

@@ -108,8 +108,28 @@ def mismatches() -> list[str]:
     return found
 
 
+class TorchVersionError(UsageError):
+    """The installed torch is older than the floor psd supports."""
+
+
+def check_torch(version: str = torch.__version__) -> None:
+    """Stop with one line on a torch older than the supported range (psd_kernels.tools.info); warn on a
+    newer, untested one."""
+    from psd_kernels.tools import info
+
+    release = info.torch_release(version)
+    if release < info.TORCH_FLOOR:
+        raise TorchVersionError(f"torch {version} is installed; psd supports {info.SUPPORTED_TORCH} "
+                                "(tested stacks: docs/compatibility.md)")
+    if release > info.TORCH_NEWEST:
+        warnings.warn(f"torch {version} is newer than the releases psd is tested on ({info.SUPPORTED_TORCH})",
+                      stacklevel=2)
+
+
 def check_open_clip() -> None:
-    """Stop with one line if open_clip_train is not what psd_train patches; warn on an untested version."""
+    """Stop with one line if torch or open_clip_train is not what psd_train patches; warn on an untested
+    version."""
+    check_torch()
     version = installed_version()
     found = mismatches()
     if found:

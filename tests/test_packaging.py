@@ -10,6 +10,7 @@ import sys
 
 from packaging.requirements import Requirement
 
+from psd_kernels.tools import info
 from psd_train.errors import EXTRA_DISTRIBUTIONS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -91,7 +92,13 @@ def test_metadata_declares_kernels_needs_and_the_train_extra(tmp_path):
     subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=ROOT, env=env,
                    check=True, capture_output=True, timeout=300)
     requires = (tmp_path / "psd.egg-info" / "requires.txt").read_text().split("\n\n")
-    assert requires[0].split() == ["torch", "numpy"]
+    # torch within the supported range (psd_kernels.tools.info), which holds the pinned torch
+    torch_requirement, numpy = requires[0].split()
+    assert numpy == "numpy" and Requirement(torch_requirement) == Requirement(info.torch_requirement())
+    assert info.torch_requirement() == "torch>=2.8,<2.15"
+    pinned_torch = next(Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines()
+                        if line.startswith("torch=="))
+    assert Requirement(torch_requirement).specifier.contains(next(iter(pinned_torch.specifier)).version)
     section, *train = requires[1].split()
     assert section == "[train]"
     assert [Requirement(r) for r in train] == [Requirement(r) for r in _setup_keyword("TRAIN_EXTRAS")]

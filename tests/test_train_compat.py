@@ -94,3 +94,23 @@ def test_scale_counted_once_keeps_the_value_and_divides_the_gradient():
     assert passed.item() == scale.item()
     passed.backward()
     assert scale.grad.item() == pytest.approx(1 / 3, rel=1e-7)
+
+
+@pytest.mark.parametrize("version", ["2.8.0", "2.9.1+cu128", torch.__version__])
+def test_torch_in_the_supported_range_passes(version):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compat.check_torch(version)
+
+
+def test_older_torch_stops_with_both_versions():
+    with pytest.raises(compat.TorchVersionError) as error:
+        compat.check_torch("2.7.1+cu126")
+    assert str(error.value) == ("torch 2.7.1+cu126 is installed; psd supports torch 2.8 to 2.14 "
+                                "(tested stacks: docs/compatibility.md)")
+
+
+def test_newer_torch_warns_and_runs():
+    with pytest.warns(UserWarning, match=r"torch 2\.15\.0 is newer than the releases psd is tested on "
+                                         r"\(torch 2\.8 to 2\.14\)"):
+        compat.check_torch("2.15.0")

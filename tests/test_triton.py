@@ -18,6 +18,10 @@ runs in two roles:
 The interpreter's reduced-precision tl.dot is wrong, so the kernels upcast both dot
 operands to fp32 there: fp16 and bf16 inputs are covered for their loads, casts and
 gradient dtypes, and their tensor-core rounding is covered by the CUDA cases.
+
+Where the installed Triton's interpreter cannot run the kernels at all (Triton 3.4 / 3.5 with
+numpy >= 2.4: tests/triton_interpreter.py shows the fault on a five-line kernel), the
+interpreted cases are skipped with that reason; the compile check still compiles every launch.
 """
 from __future__ import annotations
 
@@ -30,10 +34,13 @@ import pytest
 import torch
 
 import psd_kernels
+import triton_interpreter
 from psd_kernels.tools import against_reference as A
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRETED and triton_interpreter.fault():
+    pytest.skip(triton_interpreter.fault(), allow_module_level=True)
 HAS_CUDA = torch.cuda.is_available()
 
 # The tolerances and the error measure (max error / max(|reference|, 0.05)) are the harness's
@@ -296,6 +303,8 @@ def _child(args, timeout):
 @pytest.mark.skipif(INTERPRETED, reason="this is the launcher of the interpreted run")
 def test_interpreted_cases():
     pytest.importorskip("triton")
+    if triton_interpreter.fault():
+        pytest.skip(triton_interpreter.fault())
     proc = _child(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))], timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
@@ -305,6 +314,8 @@ def test_interpreted_cases():
 def test_device_check_dry_run(tmp_path):
     """The GPU script's logic at tiny sizes on CPU: every stage runs, the table is written."""
     pytest.importorskip("triton")
+    if triton_interpreter.fault():
+        pytest.skip(triton_interpreter.fault())
     proc = _child(["benchmarks/device_check.py", "--dry-run", "--out", str(tmp_path)], timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = (tmp_path / "device_check.md").read_text()

@@ -11,8 +11,9 @@ for, and where it came from), cuda_home, cxx_flags, built_with_torch, running_to
 cuda_available (a GPU is visible now) and ops (the torch.ops.psd ops and the dispatch
 keys they run on).
 
-The architecture policy lives here too, so the build and this report share it:
-setup.py loads this file by path and calls default_cuda_archs() when neither
+The supported torch range and the architecture policy live here too, so the build, this
+report and psd_train's guard share them: setup.py loads this file by path, declares
+torch_requirement() and calls default_cuda_archs() when neither
 PSD_CUDA_ARCHS nor TORCH_CUDA_ARCH_LIST is set. A CUDA call on a GPU whose
 architecture was not built fails before any launch with an error naming the GPU's
 sm_XY, the built archs and the flag to rebuild with (csrc/psd_epilogue_cuda.cu:
@@ -27,6 +28,24 @@ import sys
 import torch
 
 _OPS = ("forward", "backward", "forward_backward")
+
+# The torch releases psd is built and tested on (docs/compatibility.md), each with the Triton it
+# ships with: 2.8 (Triton 3.4) to 2.14 (Triton 3.8).
+TORCH_FLOOR, TORCH_NEWEST = (2, 8), (2, 14)
+SUPPORTED_TORCH = f"torch {TORCH_FLOOR[0]}.{TORCH_FLOOR[1]} to {TORCH_NEWEST[0]}.{TORCH_NEWEST[1]}"
+
+
+def torch_requirement() -> str:
+    """setup.py's install_requires entry for torch: the supported range."""
+    return f"torch>={TORCH_FLOOR[0]}.{TORCH_FLOOR[1]},<{TORCH_NEWEST[0]}.{TORCH_NEWEST[1] + 1}"
+
+
+def torch_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as 2.9.1+cu128 or 2.15.0.dev20261201."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise ValueError(f"cannot read a torch release from {version!r}")
+    return int(found.group(1)), int(found.group(2))
 
 # The GPUs people train on: A100 (8.0; its cubin also runs on 8.6 and 8.9 cards),
 # H100/H200 (9.0) and B200/GB200 (10.0; its cubin also runs on 10.3).
