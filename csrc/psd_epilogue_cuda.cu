@@ -6,7 +6,7 @@
 // shape and dtype with no tuning; each epilogue reads the block once or twice,
 // so with large blocks (up to 256 MB) the loss costs the GEMMs plus a few
 // bandwidth-bound passes. A fully fused kernel (GEMM and softmax in registers,
-// flash-attention style) is what the Triton backend (psd_kernels/triton_psd.py) provides.
+// flash-attention style) is what the Triton backend (psd_kernels/backends/triton/launcher.py) provides.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>

@@ -500,7 +500,7 @@ TORCH_LIBRARY_IMPL(psd, CUDA, m) {
 #define PSD_STR(x) PSD_STR2(x)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "psd_kernels._C: fused PSD loss ops (torch.ops.psd.*); see psd_kernels/cpp.py";
+  m.doc() = "psd_kernels._C: fused PSD loss ops (torch.ops.psd.*); see psd_kernels/backends/cpp.py";
   // setup.py passes its build record (JSON) hex-encoded, prefixed by 'x', as one macro token.
   m.def("build_record_hex", [] { return std::string(PSD_STR(PSD_BUILD_RECORD_HEX)); });
 #ifdef PSD_WITH_CUDA

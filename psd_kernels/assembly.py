@@ -118,6 +118,19 @@ def clip_loss(module, image, text, scale, alpha_image, alpha_text, teacher_image
     return torch.stack((image_part, text_part)) if weight is None else image_part + text_part
 
 
+def _with_backend(args: dict, embeddings: torch.Tensor, backend: str):
+    return args, resolve_backend(backend, embeddings.device, embeddings.dtype)
+
+
+def one_direction_inputs(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset, reduction,
+                         backend, check_finite):
+    """psd_loss's arguments checked and normalised (psd_kernels.validation.one_direction) and the
+    backend that runs them: (args, module). Raises on invalid inputs or a missing backend."""
+    args = validation.one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset,
+                                    reduction, check_finite)
+    return _with_backend(args, args["x"], backend)
+
+
 def symmetric_inputs(image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
                      alpha_image, alpha_text, teacher_mode, reduction, backend, check_finite):
     """The public symmetric call's arguments checked and normalised (psd_kernels.validation.symmetric)
@@ -125,13 +138,13 @@ def symmetric_inputs(image_features, text_features, logit_scale, teacher_image, 
     check_teacher_mode(teacher_mode)
     args = validation.symmetric(image_features, text_features, logit_scale, teacher_image, teacher_text,
                                 teacher_scale, alpha_image, alpha_text, reduction, check_finite)
-    return args, resolve_backend(backend, args["image"].device, args["image"].dtype)
+    return _with_backend(args, args["image"], backend)
 
 
 def symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
                    alpha_image, alpha_text, teacher_mode, reduction, backend, check_finite):
     """The symmetric loss of one process's batch from the public arguments: psd_clip_loss, and
-    psd_clip_loss_distributed / PSDLoss with one process."""
+    psd_clip_loss_distributed and PSDLoss with one process (the same path for all three)."""
     args, module = symmetric_inputs(image_features, text_features, logit_scale, teacher_image, teacher_text,
                                     teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
                                     check_finite)

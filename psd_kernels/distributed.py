@@ -229,6 +229,10 @@ def psd_clip_loss_distributed(image_features, text_features, logit_scale, *, tea
     checks (psd_kernels.validation) and, with more than one rank, one for the handshake.
     """
     rank, world = group_rank_size(process_group)
+    if world == 1:
+        return assembly.symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text,
+                                       teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
+                                       check_finite)
     return clip_loss_in_group(image_features, text_features, logit_scale, teacher_image, teacher_text,
                               teacher_scale, alpha_image, alpha_text, teacher_mode, local_loss, gather_with_grad,
                               process_group, rank, world, reduction, backend, check_finite)
@@ -237,12 +241,8 @@ def psd_clip_loss_distributed(image_features, text_features, logit_scale, *, tea
 def clip_loss_in_group(image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
                        alpha_image, alpha_text, teacher_mode, local_loss, gather_with_grad, process_group, rank,
                        world, reduction="mean", backend="auto", check_finite=False) -> torch.Tensor:
-    """psd_clip_loss_distributed for this process as `rank` of `world` in `process_group`
-    (world 1: this batch alone, torch.distributed untouched). PSDLoss calls this directly."""
-    if world == 1:
-        return assembly.symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text,
-                                       teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
-                                       check_finite)
+    """psd_clip_loss_distributed for this process as `rank` of `world` > 1 in `process_group`:
+    the handshake, the gathers and the loss. PSDLoss calls this directly with more than one rank."""
     args, module, error = None, None, None
     try:
         args, module = assembly.symmetric_inputs(image_features, text_features, logit_scale, teacher_image,

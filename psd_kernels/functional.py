@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from psd_kernels import assembly, validation
-from psd_kernels.backends import resolve_backend
+from psd_kernels import assembly
 
 
 def psd_loss(x, y, logit_scale, *, teacher_x=None, teacher_y=None, teacher_scale=None, alpha=0.0,
@@ -47,9 +46,8 @@ def psd_loss(x, y, logit_scale, *, teacher_x=None, teacher_y=None, teacher_scale
     an EMA or snapshot, a frozen model) changes training beyond a learning-rate factor
     (docs/teachers.md).
     """
-    args = validation.one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
-                                    labels, offset, reduction, check_finite)
-    module = resolve_backend(backend, args["x"].device, args["x"].dtype)
+    args, module = assembly.one_direction_inputs(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
+                                                 labels, offset, reduction, backend, check_finite)
     return assembly.one_direction(module, **args)
 
 

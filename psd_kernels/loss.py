@@ -12,8 +12,9 @@ calls per optimizer step). state_dict() saves the step and both schedules, so a 
 run draws the same alpha and the same soft subsets. With alpha_max = 0 it is open_clip's
 ClipLoss, computed by a fused backend when one is built.
 
-One forward path for every world size: psd_kernels.distributed's loss over
-`process_group` (a world of one is this batch alone). Each rank draws the soft subset of
+With one process the forward takes psd_clip_loss's path (psd_kernels.assembly); with more,
+psd_kernels.distributed's loss over `process_group` (handshake, gathers, then the same
+assembly). Each rank draws the soft subset of
 its own rows from its own stream (seed, rank, step, direction), so no two ranks share a
 draw; global mode all-gathers those per-row alphas. Per call: the inputs are validated
 once, and the value checks read the device once (none at a step where alpha is 0 and
@@ -21,10 +22,12 @@ the scale is a float).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
-from psd_kernels import validation
+from psd_kernels import assembly, validation
 from psd_kernels.assembly import check_teacher_mode
 from psd_kernels.distributed import clip_loss_in_group, group_rank_size
 from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS, AlphaSchedule, FractionSchedule, SoftSubset
@@ -113,9 +116,9 @@ class PSDLoss(nn.Module):
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
         self.step += steps
 
-    def _row_alpha(self, alpha: float, rows: int, stream: int, like: torch.Tensor):
-        """alpha on this step's soft subset, 0 elsewhere (a float 0 when no row is soft, also for
-        rows = 0: malformed features, which validation then rejects)."""
+    def _row_alpha(self, alpha: float, stream: int, rows: int, like: torch.Tensor):
+        """alpha on this step's soft subset of `rows` validated rows, 0 elsewhere (a float 0 when no
+        row is soft)."""
         if alpha == 0.0 or self.subset.size(rows, self.step) == 0:
             return 0.0
         mask = self.subset.mask(rows, self.step, stream, self.rank)
@@ -150,17 +153,16 @@ class PSDLoss(nn.Module):
             raise ValueError("logit_bias must be a scalar: a per-logit bias would change the softmax, "
                              "which this loss does not model")
         rank, world = self._group()
-        # alpha per row needs the row count; malformed features get alpha 0 here and are
-        # rejected by the loss's validation (after the distributed handshake, so peers raise too)
-        valid = isinstance(image_features, torch.Tensor) and image_features.dim() == 2
-        rows = image_features.shape[0] if valid else 0
+        # alpha per row, drawn by validation once it has checked the features (rows, embeddings)
         alpha = self.current_alpha()
-        loss = clip_loss_in_group(
-            image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
-            self._row_alpha(alpha, rows, IMAGE_ROWS, image_features),
-            self._row_alpha(alpha, rows, TEXT_ROWS, image_features),
-            self.teacher_mode, self.local_loss, self.gather_with_grad, self.process_group, rank, world,
-            backend=self.backend)
+        args = (image_features, text_features, logit_scale, teacher_image, teacher_text, teacher_scale,
+                functools.partial(self._row_alpha, alpha, IMAGE_ROWS),
+                functools.partial(self._row_alpha, alpha, TEXT_ROWS), self.teacher_mode)
+        if world == 1:  # the path of psd_clip_loss
+            loss = assembly.symmetric_loss(*args, reduction="mean", backend=self.backend, check_finite=False)
+        else:
+            loss = clip_loss_in_group(*args, self.local_loss, self.gather_with_grad, self.process_group, rank,
+                                      world, backend=self.backend)
         if self.training and self.step_per_forward:
             self.step += 1
         return {"contrastive_loss": loss} if output_dict else loss

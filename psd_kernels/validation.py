@@ -115,8 +115,11 @@ def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype, che
     """(alpha as a (rows,) tensor of the accumulation dtype, whether some entry is > 0).
 
     The second item is a bool when known on the host, else the slice of the checks' read that
-    holds (min, max) of alpha.
+    holds (min, max) of alpha. `value` may also be a function (rows, embeddings) -> alpha, called
+    once the embeddings are validated (PSDLoss draws its soft subset that way).
     """
+    if callable(value):
+        value = value(rows, like)
     if isinstance(value, torch.Tensor):
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")

@@ -63,7 +63,7 @@ def _inputs(m, n, d, dtype=torch.float64, scale=14.0, device="cpu"):
 @pytest.mark.parametrize("m", SIZES)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("d", (1, 3))
-def test_shapes_float64(m, n, d):
+def test_one_direction_matches_reference_float64_awkward_shapes(m, n, d):
     alpha = torch.rand(m, dtype=torch.float64)
     labels = torch.randint(0, n, (m,))
     _compare(psd_kernels.psd_loss, _inputs(m, n, d), dict(alpha=alpha, labels=labels))
@@ -71,7 +71,7 @@ def test_shapes_float64(m, n, d):
 
 @pytest.mark.parametrize("m,n", [(1, 97), (97, 7), (1025, 97)])
 @pytest.mark.parametrize("d", (64, 257))
-def test_wide_float64(m, n, d):
+def test_wide_embeddings_match_reference_float64(m, n, d):
     tx, ty = _embed(m, d + 5), _embed(n, d + 5)
     _compare(psd_kernels.psd_loss, _inputs(m, n, d),
              dict(alpha=torch.rand(m, dtype=torch.float64), labels=torch.randint(0, n, (m,)),
@@ -126,14 +126,14 @@ def test_symmetric_sizes_float64(b):
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("teacher", ("self", "separate"))
-def test_low_precision(dtype, teacher):
+def test_half_precision_matches_reference_within_tolerance(dtype, teacher):
     m, n = 300, 257
     _compare(psd_kernels.psd_loss, _inputs(m, n, 64, dtype),
              dict(alpha=torch.rand(m), labels=torch.randint(0, n, (m,)), **_teacher(teacher, m, n, dtype)))
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
-def test_symmetric_low_precision(dtype):
+def test_symmetric_half_precision_matches_reference(dtype):
     b = 300
     _compare(psd_kernels.psd_clip_loss, _inputs(b, b, 64, dtype),
              dict(alpha_image=0.3, teacher_image=_embed(b, 16, dtype), teacher_text=_embed(b, 16, dtype),
@@ -230,7 +230,7 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, b_, rtol=1e-6, atol=1e-7)
 
 
-def test_cuda_kernels_compiled():
+def test_cuda_build_reports_its_compiled_archs():
     info = build_info()
     if not info["cuda_built"]:
         pytest.skip(f"CUDA part not built: {info['cuda_reason']}")
@@ -251,7 +251,7 @@ def test_cuda_matches_reference(dtype):
              dict(alpha=0.5, labels=torch.randint(0, b, (97,), device="cuda")), device="cuda")
 
 
-def test_info_command(capsys):
+def test_info_command_reports_the_build(capsys):
     from psd_kernels.tools import info
     assert info.main([]) == 0
     out = capsys.readouterr().out

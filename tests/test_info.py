@@ -48,8 +48,9 @@ def test_archs_are_formatted_as_sm():
 
 
 def test_setup_loads_the_policy_by_path():
-    """setup.py loads psd_kernels/info.py by path, without the package (its _C may be stale)."""
-    spec = importlib.util.spec_from_file_location("_psd_build_info", os.path.join(ROOT, "psd_kernels", "info.py"))
+    """setup.py loads psd_kernels/tools/info.py by path, without the package (its _C may be stale)."""
+    spec = importlib.util.spec_from_file_location("_psd_build_info",
+                                                  os.path.join(ROOT, "psd_kernels", "tools", "info.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.default_cuda_archs(NVCC_13, []) == "8.0;9.0;10.0"

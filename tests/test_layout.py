@@ -1,40 +1,22 @@
 """The package's rooms: public API and internals at the top, backends/ and tools/ below.
 
-The runtime modules (everything but psd_kernels.tools and the one-release aliases) never import
-psd_kernels.tools, not even inside a function; no module-level import circle exists among
-psd_kernels' modules; each alias at an old path resolves to the module that moved.
+The runtime modules (everything but psd_kernels.tools) never import psd_kernels.tools, not even
+inside a function; no module-level import circle exists among psd_kernels' modules; the top of
+the package holds the public API and its internals only.
 """
 from __future__ import annotations
 
 import ast
-import importlib
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "psd_kernels"
 
-# old path -> the module it is an alias of, for one release
-ALIASES = {
-    "psd_kernels.compile_check": "psd_kernels.tools.compile_check",
-    "psd_kernels.launches": "psd_kernels.tools.launches",
-    "psd_kernels.roofline": "psd_kernels.tools.roofline",
-    "psd_kernels.info": "psd_kernels.tools.info",
-    "psd_kernels.reference": "psd_kernels.backends.reference",
-    "psd_kernels.cpp": "psd_kernels.backends.cpp",
-    "psd_kernels.triton_psd": "psd_kernels.backends.triton.launcher",
-    "psd_kernels.triton_kernels": "psd_kernels.backends.triton.kernels",
-    "psd_kernels.grid": "psd_kernels.backends.triton.grid",
-}
-
 
 def _modules() -> dict:
-    """module name -> source path of every module in psd_kernels (aliases included)."""
+    """module name -> source path of every module in psd_kernels."""
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -85,7 +67,7 @@ def _imports(name: str, path: Path, known, module_level_only: bool) -> set:
 
 
 def _runtime(name: str) -> bool:
-    return not (name == "psd_kernels.tools" or name.startswith("psd_kernels.tools.") or name in ALIASES)
+    return not (name == "psd_kernels.tools" or name.startswith("psd_kernels.tools."))
 
 
 def test_runtime_never_imports_the_tools():
@@ -93,7 +75,7 @@ def test_runtime_never_imports_the_tools():
     bad = {name: sorted(t for t in _imports(name, path, modules, False) if not _runtime(t))
            for name, path in modules.items() if _runtime(name)}
     bad = {k: v for k, v in bad.items() if v}
-    assert not bad, f"runtime modules import developer tools or aliases: {bad}"
+    assert not bad, f"runtime modules import developer tools: {bad}"
 
 
 def test_no_module_level_import_circle():
@@ -128,28 +110,9 @@ def test_the_runtime_imports_no_tool_when_loaded():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("old, new", sorted(ALIASES.items()))
-def test_alias_resolves_to_the_moved_module(old, new):
-    if new.startswith("psd_kernels.backends.triton.") and not new.endswith(".grid"):
-        pytest.importorskip("triton")
-    if new == "psd_kernels.backends.cpp":
-        pytest.importorskip("psd_kernels._C", exc_type=ImportError)
-    assert importlib.import_module(old) is importlib.import_module(new)
-    source = (ROOT / (old.replace(".", os.sep) + ".py")).read_text()
-    assert f"Alias for one release of {new}" in source
-
-
-def test_info_alias_loads_by_path_without_the_package():
-    """setup.py loads psd_kernels/info.py by file path; the alias runs psd_kernels/tools/info.py there."""
-    spec = importlib.util.spec_from_file_location("_psd_build_info_alias", PACKAGE / "info.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.TRAINING_ARCHS and callable(module.default_cuda_archs)
-
-
-@pytest.mark.parametrize("old", ["psd_kernels.info", "psd_kernels.roofline"])
-def test_alias_runs_as_main(old):
-    out = subprocess.run([sys.executable, "-m", old, "--json"] if old.endswith("roofline")
-                         else [sys.executable, "-m", old], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip()
+def test_the_package_top_holds_the_api_and_its_internals_only():
+    """Backends live in psd_kernels/backends, tools in psd_kernels/tools; no module at the top stands
+    in for a moved one."""
+    top = sorted(path.stem for path in PACKAGE.glob("*.py"))
+    assert top == ["__init__", "assembly", "distributed", "functional", "loss", "schedule", "validation",
+                   "vocabulary"], top

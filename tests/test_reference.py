@@ -53,7 +53,7 @@ def test_matches_hand_formula_and_its_gradients(teacher, m, n):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_reductions(reduction):
+def test_reductions_are_sum_and_mean_of_the_rows(reduction):
     x, y, s, alpha, labels, kw = make_case(6, 8, 5, "separate")
     rows = psd_loss(x, y, s, alpha=alpha, labels=labels, reduction="none", backend="reference", **kw)
     reduced = psd_loss(x, y, s, alpha=alpha, labels=labels, reduction=reduction, backend="reference", **kw)

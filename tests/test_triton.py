@@ -7,10 +7,11 @@ must be switched on (TRITON_INTERPRET=1) before triton is first imported. Other
 test modules in the same pytest process may import triton first, so this file
 runs in two roles:
 
-* launcher (the normal pytest run, TRITON_INTERPRET unset): `test_interpreted_cases`
-  re-runs this very file in a child pytest with TRITON_INTERPRET=1 and asserts it
-  passed (its output is shown on failure); `test_device_check_dry_run` runs the GPU
-  script's --dry-run the same way; the CUDA cases run in-process when a GPU exists.
+* launcher (the normal pytest run, TRITON_INTERPRET unset):
+  `test_interpreted_cases_pass_in_a_triton_interpret_child` re-runs this very file in a child
+  pytest with TRITON_INTERPRET=1 and asserts it passed (its output is shown on failure);
+  `test_device_check_dry_run_writes_a_table_without_failures` runs the GPU script's --dry-run
+  the same way; the CUDA cases run in-process when a GPU exists.
 * interpreted (TRITON_INTERPRET=1 in the environment, e.g. that child, or by hand:
   `TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/test_triton.py -q`): the cases
   below run on CPU tensors with backend="triton".
@@ -130,14 +131,14 @@ cuda = pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA GPU"
 @interpreted
 @pytest.mark.parametrize("teacher", TEACHERS)
 @pytest.mark.parametrize("m,n,d", SHAPES)
-def test_one_direction_fp32(m, n, d, teacher):
+def test_one_direction_matches_reference_fp32_awkward_shapes(m, n, d, teacher):
     check_one_direction(m, n, d, torch.float32, "cpu", teacher)
 
 
 @interpreted
 @pytest.mark.parametrize("teacher", TEACHERS)
 @pytest.mark.parametrize("b,d", ((1, 3), (7, 100), (70, 64)))
-def test_symmetric_fp32(b, d, teacher):
+def test_symmetric_matches_reference_fp32(b, d, teacher):
     """B = 70: five 16-row blocks in four row groups (two of two blocks, one of one, one
     empty), so the column statistics are folded across row blocks and merged across groups."""
     check_symmetric(b, d, torch.float32, "cpu", teacher)
@@ -145,7 +146,7 @@ def test_symmetric_fp32(b, d, teacher):
 
 @interpreted
 @pytest.mark.parametrize("teacher", TEACHERS)
-def test_symmetric_column_sweep(teacher, monkeypatch):
+def test_symmetric_column_stats_by_second_pass_matches_reference(teacher, monkeypatch):
     """The alternative symmetric forward: a second sweep with rows and columns swapped."""
     monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", "sweep")
     check_symmetric(37, 20, torch.float32, "cpu", teacher)
@@ -155,9 +156,9 @@ def test_symmetric_column_sweep(teacher, monkeypatch):
 @pytest.mark.parametrize("teacher", TEACHERS)
 def test_backward_over_several_gradient_chunks(teacher):
     """The backward's G chunks: rows in several chunks, dy accumulated over them, ds summed."""
-    from psd_kernels.backends.triton import launcher as triton_psd
+    from psd_kernels.backends.triton import launcher
     for rows, cols in ((50, 97), (70, 70)):
-        assert triton_psd._chunk_rows(rows, cols, 4) < rows  # more than one chunk at these sizes
+        assert launcher._chunk_rows(rows, cols, 4) < rows  # more than one chunk at these sizes
     check_one_direction(50, 97, 20, torch.float32, "cpu", teacher)
     check_symmetric(70, 20, torch.float32, "cpu", teacher)
 
@@ -166,15 +167,15 @@ def test_backward_over_several_gradient_chunks(teacher):
 def test_products_split_k_when_their_tiles_are_few():
     """dx of a 16-row chunk against 97 columns has two output tiles, too few for the (interpreted)
     SMs: K splits over the grid into two partial products, summed on the host."""
-    from psd_kernels.backends.triton import launcher as triton_psd
-    assert triton_psd._k_splits(16, 20, 97, torch.device("cpu")) == (2, 64)
-    assert triton_psd._k_splits(16, 20, 31, torch.device("cpu")) == (1, 31)   # too short to split
+    from psd_kernels.backends.triton import launcher
+    assert launcher._k_splits(16, 20, 97, torch.device("cpu")) == (2, 64)
+    assert launcher._k_splits(16, 20, 31, torch.device("cpu")) == (1, 31)   # too short to split
     check_one_direction(50, 97, 20, torch.float32, "cpu", "separate")
 
 
 @interpreted
 @pytest.mark.parametrize("reduction", ("mean", "sum"))
-def test_reductions(reduction):
+def test_mean_and_sum_reductions_match_reference(reduction):
     check_one_direction(9, 21, 17, torch.float32, "cpu", "separate", reduction=reduction)
     check_symmetric(11, 20, torch.float32, "cpu", "self_scaled", reduction=reduction)
 
@@ -214,7 +215,7 @@ def test_symmetric_one_pass_path_and_partial_gradients():
 
 @interpreted
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
-def test_half_inputs(dtype):
+def test_half_precision_inputs_match_reference_with_input_dtype_gradients(dtype):
     check_one_direction(7, 97, 64, dtype, "cpu", "separate")
     check_symmetric(19, 100, dtype, "cpu", "self")
 
@@ -225,10 +226,10 @@ def test_padded_widths_and_offset_inputs(dtype):
     """Widths that are not multiples of 16 (the host appends zero columns) and embeddings that start
     2 or 4 bytes into their allocation (the host copies them aligned): the loss and the gradients
     match the reference, and the gradients come back at the caller's width."""
-    from psd_kernels.backends.triton import launcher as triton_psd
+    from psd_kernels.backends.triton import launcher
     x = _shifted(_embed(5, 500, dtype, "cpu"))
-    assert x.data_ptr() % 16 and triton_psd._operand(x).shape == (5, 512)
-    assert triton_psd._operand(x).data_ptr() % 16 == 0 and triton_psd._operand(x)[:, 500:].abs().sum() == 0
+    assert x.data_ptr() % 16 and launcher._operand(x).shape == (5, 512)
+    assert launcher._operand(x).data_ptr() % 16 == 0 and launcher._operand(x)[:, 500:].abs().sum() == 0
     check_one_direction(7, 33, 500, dtype, "cpu", "separate", offset=True)
     check_symmetric(19, 500, dtype, "cpu", "self_scaled", offset=True)
     check_symmetric(18, 100, dtype, "cpu", "separate", offset=True)
@@ -236,7 +237,7 @@ def test_padded_widths_and_offset_inputs(dtype):
 
 
 @interpreted
-def test_large_scale_stays_finite():
+def test_logit_scale_100_stays_finite():
     """s = 100 on unit vectors: logits up to 100, the online max keeps exp() in range."""
     check_symmetric(23, 64, torch.bfloat16, "cpu", "self_scaled", scale=100.0)
 
@@ -259,19 +260,19 @@ def test_teacher_gets_no_gradient_and_alpha_zero_is_clip():
 
 
 def test_supports_names_the_reason():
-    triton_psd = pytest.importorskip("psd_kernels.backends.triton.launcher")
-    assert "float64" in triton_psd.supports(torch.device("cuda"), torch.float64)
+    launcher = pytest.importorskip("psd_kernels.backends.triton.launcher")
+    assert "float64" in launcher.supports(torch.device("cuda"), torch.float64)
     if not INTERPRETED:
-        assert "TRITON_INTERPRET" in triton_psd.supports(torch.device("cpu"), torch.float32)
+        assert "TRITON_INTERPRET" in launcher.supports(torch.device("cpu"), torch.float32)
     if INTERPRETED:
-        assert triton_psd.supports(torch.device("cpu"), torch.float32) is None
+        assert launcher.supports(torch.device("cpu"), torch.float32) is None
 
 
 @pytest.mark.skipif(INTERPRETED, reason="the interpreter gets a single config")
-def test_config_lists_and_pruning():
+def test_autotune_config_lists_and_pruning_keep_fitting_tiles():
     """The GPU config lists: 64-row tiles on 4 warps and 128-row tiles on 8 (one warpgroup per 64
     rows, what wgmma needs); pruning keeps every config for 16-bit inputs and only small tiles
-    for fp32, never none. psd_kernels.compile_check proves the kept ones spill-free."""
+    for fp32, never none. psd_kernels.tools.compile_check proves the kept ones spill-free."""
     kernels = pytest.importorskip("psd_kernels.backends.triton.kernels")
     for configs in (kernels.FWD_CONFIGS, kernels.GRAD_CONFIGS, kernels.GEMM_CONFIGS):  # before the per-kernel rules
         assert 1 < len(configs) < 16
@@ -285,7 +286,7 @@ def test_config_lists_and_pruning():
 @cuda
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("teacher", TEACHERS)
-def test_cuda(dtype, teacher, monkeypatch):
+def test_gpu_tensor_core_results_match_reference(dtype, teacher, monkeypatch):
     """Compiled kernels with tensor-core rounding; the first config that fits (no tuning runs)."""
     monkeypatch.setenv("PSD_TRITON_AUTOTUNE", "0")
     for m, n, d in SHAPES + ((1025, 777, 768),):
@@ -301,7 +302,7 @@ def _child(args, timeout):
 
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the launcher of the interpreted run")
-def test_interpreted_cases():
+def test_interpreted_cases_pass_in_a_triton_interpret_child():
     pytest.importorskip("triton")
     if triton_interpreter.fault():
         pytest.skip(triton_interpreter.fault())
@@ -311,7 +312,7 @@ def test_interpreted_cases():
 
 
 @pytest.mark.skipif(INTERPRETED, reason="the dry run launches its own interpreted child")
-def test_device_check_dry_run(tmp_path):
+def test_device_check_dry_run_writes_a_table_without_failures(tmp_path):
     """The GPU script's logic at tiny sizes on CPU: every stage runs, the table is written."""
     pytest.importorskip("triton")
     if triton_interpreter.fault():
