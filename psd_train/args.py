@@ -16,7 +16,7 @@ from psd_kernels.schedule import FRACTION_SCHEDULES, SCHEDULES
 from psd_train.errors import FlagError
 
 # Where the teacher's embeddings come from (how they are used is --psd-teacher-mode).
-TEACHERS = ("self", "ema", "prev_epoch", "distill")
+TEACHER_SOURCES = ("self", "ema", "prev_epoch", "distill")
 # --psd-soft-fraction-preset: (start, end, schedule, ramp in epochs)
 FRACTION_PRESETS = {"seed": (0.1, 1.0, "per_epoch", 9)}
 FRACTION_FLAGS = ("psd_soft_fraction", "psd_soft_fraction_start", "psd_soft_fraction_schedule",
@@ -58,7 +58,7 @@ def psd_parser() -> argparse.ArgumentParser:
     group.add_argument("--psd-soft-fraction-preset", choices=tuple(FRACTION_PRESETS), default=None,
                        help="seed: the seed paper's soft fraction (Andonian et al. 2022): 0.1 of the batch in "
                             "the first epoch, 0.1 more at each epoch start, all of it from the 10th epoch")
-    group.add_argument("--psd-teacher", choices=TEACHERS, default=None,
+    group.add_argument("--psd-teacher", choices=TEACHER_SOURCES, default=None,
                        help="teacher embeddings: self (the student, detached), ema (a momentum "
                             "copy of the student), prev_epoch (a snapshot taken at each epoch "
                             "start), distill (open_clip's --distill-model, frozen). Default: "

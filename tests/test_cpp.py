@@ -20,6 +20,7 @@ import psd_kernels
 from psd_kernels import backends
 from psd_kernels.tools import against_reference as A
 from psd_kernels.tools.info import build_info
+from psd_kernels.vocabulary import TEACHER_CASES
 
 cpp = pytest.importorskip("psd_kernels.backends.cpp", reason="psd_kernels._C is not built "
                           "(pip install --no-build-isolation -e .)", exc_type=ImportError)
@@ -78,7 +79,8 @@ def test_wide_embeddings_match_reference_float64(m, n, d):
                   teacher_x=tx, teacher_y=ty, teacher_scale=9.0))
 
 
-TEACHERS = ("self", "self_scaled", "separate", "separate_same_scale")
+# the kernel cases, and a separate teacher at the student's own scale
+TEACHER_CASES_AND_SAME_SCALE = (*TEACHER_CASES, "separate_same_scale")
 
 
 def _teacher(kind, m, n, dtype, device="cpu"):
@@ -90,7 +92,7 @@ def _teacher(kind, m, n, dtype, device="cpu"):
     return t if kind == "separate_same_scale" else dict(t, teacher_scale=5.0)
 
 
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES_AND_SAME_SCALE)
 @pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
 @pytest.mark.parametrize("alpha", ("zero", "scalar", "rows"))
 def test_one_direction_options_float64(teacher, reduction, alpha):
@@ -106,7 +108,7 @@ def test_offset_labels_float64():
     _compare(psd_kernels.psd_loss, _inputs(7, 97, 3), dict(alpha=0.5, offset=40))
 
 
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES_AND_SAME_SCALE)
 @pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
 def test_symmetric_options_float64(teacher, reduction):
     b = 97

@@ -8,9 +8,9 @@ import torch
 from exact import one_direction
 from psd_kernels import psd_clip_loss, psd_loss
 from psd_kernels.backends import reference
+from psd_kernels.vocabulary import TEACHER_CASES
 
 F64 = torch.float64
-TEACHERS = ("self", "self_scaled", "separate")
 
 
 def make_case(m, n, d, teacher, per_row_alpha=True, explicit_labels=True, dt=3):
@@ -38,7 +38,7 @@ def exact_of(x, y, s, alpha, labels, kw, g=None):
                          kw.get("teacher_scale"), g)
 
 
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 @pytest.mark.parametrize("m,n", [(1, 1), (7, 9), (13, 5)])
 def test_matches_hand_formula_and_its_gradients(teacher, m, n):
     x, y, s, alpha, labels, kw = make_case(m, n, 6, teacher)
@@ -71,7 +71,7 @@ def frozen_teacher(x, y, s, kw):
     return kw
 
 
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 @pytest.mark.parametrize("per_row_alpha", [True, False])
 @pytest.mark.parametrize("explicit_labels", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -121,7 +121,7 @@ def test_self_teacher_same_scale_is_scaled_clip_gradient(per_row_alpha):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 def test_symmetric_uses_teacher_column_softmax(teacher):
     b = 7
     x, y, s, _, _, kw = make_case(b, b, 5, teacher)

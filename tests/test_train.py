@@ -59,7 +59,7 @@ def test_main_end_to_end_with_evaluation(data, tmp_path):
         assert int(next(csv.DictReader(f))["epoch"]) == 1
 
 
-TEACHERS = {
+TEACHER_FLAGS = {
     "self": [],
     "self_temperature": ["--psd-teacher-scale", "5"],
     "ema": ["--psd-teacher", "ema", "--psd-ema-momentum", "0.5"],
@@ -77,10 +77,10 @@ def clip_and_self(data, tmp_path_factory):
     return clip, self_
 
 
-@pytest.mark.parametrize("teacher", [t for t in TEACHERS if t != "self"])
+@pytest.mark.parametrize("teacher", [t for t in TEACHER_FLAGS if t != "self"])
 def test_each_teacher_runs_and_changes_training(teacher, data, tmp_path, clip_and_self):
     clip, self_ = clip_and_self
-    extra = ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", *TEACHERS[teacher]]
+    extra = ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", *TEACHER_FLAGS[teacher]]
     steps = read_steps(main(argv(data, tmp_path, teacher, *extra)))
     losses = [float(r["loss"]) for r in steps]
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))

@@ -82,7 +82,7 @@ def steps(log_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-TEACHERS = {
+TEACHER_FLAGS = {
     "self_scale5": ["--psd-teacher-scale", "5"],
     "ema": ["--psd-teacher", "ema", "--psd-ema-momentum", "0.8", "--psd-eval-data", None],
     "prev_epoch": ["--psd-teacher", "prev_epoch"],
@@ -92,9 +92,9 @@ TEACHERS = {
 
 
 def teacher_flags(name, data, teacher_checkpoint):
-    """TEACHERS[name] with its file argument filled in."""
+    """TEACHER_FLAGS[name] with its file argument filled in."""
     fill = {"--psd-eval-data": data["root"], "--distill-pretrained": teacher_checkpoint}
-    extra = TEACHERS[name]
+    extra = TEACHER_FLAGS[name]
     return [fill[extra[i - 1]] if value is None else value for i, value in enumerate(extra)]
 
 
@@ -113,7 +113,7 @@ def runs(data, teacher_checkpoint, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("teacher", list(TEACHERS))
+@pytest.mark.parametrize("teacher", list(TEACHER_FLAGS))
 def test_two_ranks_train_in_step(teacher, runs):
     run = runs(teacher)
     assert run["status"] == 0, run["output"][-3000:]

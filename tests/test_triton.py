@@ -37,6 +37,7 @@ import torch
 import psd_kernels
 import triton_interpreter
 from psd_kernels.tools import against_reference as A
+from psd_kernels.vocabulary import TEACHER_CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -119,7 +120,6 @@ def _check(got, want, x, dtype, tol):
     A.assert_close(got, want, tol if tol is not None else A.tolerance(dtype, DOTS))
 
 
-TEACHERS = ("self", "self_scaled", "separate")
 # Rows 1, 7 and 97 and D = 3, 64, 100 (none a tile multiple except 64) against odd column counts.
 # (3, 70): five 16-wide column tiles over four splits leaves the last split empty.
 SHAPES = ((1, 7, 3), (7, 97, 64), (97, 33, 100), (3, 70, 20))
@@ -129,14 +129,14 @@ cuda = pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA GPU"
 
 
 @interpreted
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 @pytest.mark.parametrize("m,n,d", SHAPES)
 def test_one_direction_matches_reference_fp32_awkward_shapes(m, n, d, teacher):
     check_one_direction(m, n, d, torch.float32, "cpu", teacher)
 
 
 @interpreted
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 @pytest.mark.parametrize("b,d", ((1, 3), (7, 100), (70, 64)))
 def test_symmetric_matches_reference_fp32(b, d, teacher):
     """B = 70: five 16-row blocks in four row groups (two of two blocks, one of one, one
@@ -145,7 +145,7 @@ def test_symmetric_matches_reference_fp32(b, d, teacher):
 
 
 @interpreted
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 def test_symmetric_column_stats_by_second_pass_matches_reference(teacher, monkeypatch):
     """The alternative symmetric forward: a second sweep with rows and columns swapped."""
     monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", "sweep")
@@ -153,7 +153,7 @@ def test_symmetric_column_stats_by_second_pass_matches_reference(teacher, monkey
 
 
 @interpreted
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 def test_backward_over_several_gradient_chunks(teacher):
     """The backward's G chunks: rows in several chunks, dy accumulated over them, ds summed."""
     from psd_kernels.backends.triton import launcher
@@ -181,7 +181,7 @@ def test_mean_and_sum_reductions_match_reference(reduction):
 
 
 @interpreted
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 @pytest.mark.parametrize("reduction", ("mean", "sum"))
 def test_symmetric_mean_sum_gradients_in_the_forward(teacher, reduction):
     """mean/sum of the symmetric loss: a teacher with statistics of its own takes one sweep (student
@@ -285,7 +285,7 @@ def test_autotune_config_lists_and_pruning_keep_fitting_tiles():
 
 @cuda
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
-@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("teacher", TEACHER_CASES)
 def test_gpu_tensor_core_results_match_reference(dtype, teacher, monkeypatch):
     """Compiled kernels with tensor-core rounding; the first config that fits (no tuning runs)."""
     monkeypatch.setenv("PSD_TRITON_AUTOTUNE", "0")

@@ -46,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from psd_train.args import TEACHERS
+from psd_train.args import TEACHER_SOURCES
 from psd_train.demo.data import SOURCES, build_demo_data
 from psd_train.demo.model import DEMO_MODEL, TRAIN_FLAGS
 from psd_train.demo.plugin import PLUGIN
@@ -69,7 +69,7 @@ class Method:
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        assert self.teacher in TEACHERS, self.teacher
+        assert self.teacher in TEACHER_SOURCES, self.teacher
 
     def flags(self) -> list[str]:
         out = ["--psd-teacher", self.teacher, "--psd-alpha-max", f"{self.alpha_max:g}"]
