@@ -7,14 +7,15 @@
 
 Providers (benchmarks/providers.py, the list benchmarks/device_check.py times too): every
 psd_kernels backend usable on the device ("psd-reference", "psd-cpp", "psd-triton"), a
-hand-written chunked PyTorch loss, open_clip's ClipLoss (teacher "none") and ClipLoss +
-DistillClipLoss (with a teacher), and Inf-CL (teacher "none", CUDA only, D a multiple of 256).
+hand-written chunked PyTorch loss, open_clip's ClipLoss (no_teacher) and ClipLoss +
+DistillClipLoss (with a teacher), and Inf-CL (no_teacher, CUDA only, D a multiple of 256).
 Modes: forward, backward and full (forward + backward) of the same calls. Metrics:
 median time with p20/p80 over the timed repetitions after warm-up, peak extra memory
 (benchmarks/memory.py states the method), achieved FLOP/s (formula printed) and, for
 each psd provider, the time ratio to every peer measured in the same run.
 
-Rows are appended to benchmarks/data/psd_clip_loss.csv with the fixed schema CSV_FIELDS.
+Rows are appended to benchmarks/data/psd_clip_loss.csv with the fixed schema and row writer of
+benchmarks/rows.py (CSV_FIELDS, append_csv), stamped with the commit and whether the tree was clean.
 A case predicted (from the provider's measured growth) to need more than --mem-cap-gib,
 or killed by the watchdog on the way, is recorded as "oom" and larger batches of that
 provider are not tried.
@@ -22,40 +23,39 @@ provider are not tried.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import importlib.metadata
 import itertools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from memory import CPU_METHOD, CPU_METHOD_IN_PROCESS, CUDA_METHOD, available_bytes, release_freed_memory_to_os
-from providers import DTYPES, FLOP_FORMULA, TEACHERS, Case, all_providers
+from providers import BENCHMARK_TEACHERS, Case, all_providers
+from rows import append_csv, timestamp, version_string
 from runner import IsolatedWorker, measure_safely
+
+from psd_kernels.tools.roofline import FLOP_FORMULA
+from psd_kernels.vocabulary import DTYPES, NO_TEACHER
 
 OP = "psd_clip_loss"
 MODES = ("forward", "backward", "full")
-CSV_FIELDS = ("op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80",
-              "config", "device", "timestamp", "version")
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 GIB = 2 ** 30
 
 PRESETS = {
-    "tiny": dict(device="cpu", batch=[64, 96], dim=[32], teacher=["none", "separate"],
+    "tiny": dict(device="cpu", batch=[64, 96], dim=[32], teacher=[NO_TEACHER, "separate"],
                  dtype=["float32"], warmup=1, min_reps=2, max_reps=3, budget_s=0.1, time_limit_s=0),
-    "cpu": dict(device="cpu", batch=[1024, 2048, 4096, 8192], dim=[512], teacher=["none", "separate"],
+    "cpu": dict(device="cpu", batch=[1024, 2048, 4096, 8192], dim=[512], teacher=[NO_TEACHER, "separate"],
                 dtype=["float32"], warmup=1, min_reps=3, max_reps=10, budget_s=2.0, time_limit_s=480.0),
     "cpu-max": dict(device="cpu", batch=[1024 << i for i in range(7)], dim=[512],
-                    teacher=["none"], dtype=["float32"], warmup=1, min_reps=1,
+                    teacher=[NO_TEACHER], dtype=["float32"], warmup=1, min_reps=1,
                     max_reps=5, budget_s=2.0, time_limit_s=0),
     "gpu": dict(device="cuda", batch=[4096, 16384, 32768, 65536], dim=[512],
-                teacher=["none", "separate"], dtype=["bfloat16"], warmup=3, min_reps=10,
+                teacher=[NO_TEACHER, "separate"], dtype=["bfloat16"], warmup=3, min_reps=10,
                 max_reps=50, budget_s=1.0, time_limit_s=0),
 }
 # A call predicted to take longer than this is run once, without a warm-up call.
@@ -69,7 +69,7 @@ def parse_args(argv):
     parser.add_argument("--device", help="cpu or cuda (default: the preset's)")
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes B, ascending")
     parser.add_argument("--dim", type=int, nargs="+", help="embedding widths D")
-    parser.add_argument("--teacher", nargs="+", choices=TEACHERS)
+    parser.add_argument("--teacher", nargs="+", choices=BENCHMARK_TEACHERS)
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES))
     parser.add_argument("--providers", nargs="+", metavar="NAME",
                         help="only providers whose name starts with one of these")
@@ -109,19 +109,6 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
-def version_string() -> str:
-    try:
-        psd = importlib.metadata.version("psd")
-    except importlib.metadata.PackageNotFoundError:
-        psd = "not installed"
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
-    return f"psd {psd}{' git ' + rev if rev else ''}; torch {torch.__version__}"
-
-
 def predict_memory(provider, case: Case, history: list) -> float:
     """Extra bytes `case` needs: a*B^2 + b*B through the last two measurements (at least
     linear growth from the last one), the provider's guess before any measurement."""
@@ -137,9 +124,6 @@ def predict_memory(provider, case: Case, history: list) -> float:
 
 
 def quantiles(values) -> dict:
-    # numpy is imported here, not at the top: device_check.py imports this module for CSV_FIELDS
-    # and append_csv on GPU machines whose python may have torch and triton but no numpy.
-    import numpy as np
     p20, p50, p80 = np.percentile(np.asarray(values, dtype=float), [20, 50, 80])
     return {"p50": float(p50), "p20": float(p20), "p80": float(p80)}
 
@@ -320,21 +304,6 @@ def csv_rows(records: list[dict], device: torch.device, stamp: str, version: str
                        x_value=batch, p50=mid, p20=low, p80=high, config=config)
 
 
-def append_csv(rows, directory: str, name: str = f"{OP}.csv") -> str:
-    """Append rows (dicts with the keys of CSV_FIELDS) to directory/name, the header first in a new file.
-    The one row writer of benchmarks/: benchmarks/device_check.py writes its rows through it too."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        if new:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    return path
-
-
 def markdown_tables(records: list[dict], device: torch.device) -> str:
     unit, scale = flops_unit(device)
     ratios = speedups(records)
@@ -375,7 +344,7 @@ def main(argv=None) -> int:
     else:
         method = CPU_METHOD if isolate else CPU_METHOD_IN_PROCESS
         release_freed_memory_to_os()
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    stamp = timestamp()
     version = version_string()
     header = [f"device: {device_name(device)}; {version}; {stamp}",
               f"timing: median [p20, p80] of {args.min_reps}..{args.max_reps} repetitions after "
@@ -398,7 +367,7 @@ def main(argv=None) -> int:
         with open(args.markdown, "w") as fh:
             fh.write("\n".join(f"- {line}" for line in header) + "\n" + tables + "\n")
     if not args.no_csv:
-        path = append_csv(csv_rows(records, device, stamp, version, method), args.out)
+        path = append_csv(csv_rows(records, device, stamp, version, method), args.out, f"{OP}.csv")
         print(f"appended rows to {path}")
     return 1 if problems else 0
 

@@ -1,9 +1,9 @@
-"""What each PSD teacher costs in a training step: step time and peak memory relative to plain CLIP.
+"""What each teacher source costs in a training step: step time and peak memory relative to plain CLIP.
 
     .venv/bin/python benchmarks/benchmark_teacher_cost.py                       # psd-tiny and ViT-B-32, CPU
     .venv/bin/python benchmarks/benchmark_teacher_cost.py --models psd-tiny --repeats 3
 
-Each (model, teacher) pair trains in its own process with `python -m psd_train` on
+Each (model, source) pair trains in its own process with `python -m psd_train` on
 open_clip_train's synthetic data (one image and caption, --dataset-type synthetic), fp32,
 --workers 0, --psd-threads from --threads (default 1), for 2 epochs of --steps optimizer
 steps (per model: psd-tiny batch 32, ViT-B-32 batch 8, small enough for a 2-core CPU). Measured in epoch 1,
@@ -17,11 +17,14 @@ when every teacher exists (prev_epoch has no teacher in epoch 0):
                  through /proc/self/clear_refs after epoch 1's first step; glibc returns every
                  buffer above 1 MiB to the OS when it is freed (benchmarks/memory.py)
 
-Teachers: clip (--psd-alpha-max 0: PSDLoss is CLIP's loss), self (alpha 0.5: no extra
-model), ema and prev_epoch (a copy of the student, run forward without gradient), distill
-(a frozen model of the same shape from a local checkpoint, run forward without gradient).
-Printed: a table per model with each teacher's step time and peak RSS, and both relative
-to clip (ratio and difference); rows also go to --out as CSV if given.
+Sources (--sources): where the trainer's teacher comes from (psd_train's --psd-teacher choices),
+and no_teacher (psd_kernels.vocabulary.NO_TEACHER: --psd-alpha-max 0, PSDLoss is CLIP's loss)
+as the baseline: self (alpha 0.5: no extra model), ema and prev_epoch (a copy of the student,
+run forward without gradient), distill (a frozen model of the same shape from a local
+checkpoint, run forward without gradient). Printed: a table per model with each source's step
+time and peak RSS, and both relative to no_teacher (ratio and difference); rows also go to
+--out as CSV if given, each with the version (benchmarks/rows.py: the commit and whether the
+tree was clean).
 """
 from __future__ import annotations
 
@@ -35,10 +38,15 @@ import subprocess
 import sys
 import tempfile
 
+from rows import version_string
+
+from psd_kernels.vocabulary import NO_TEACHER
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"psd-tiny": {"batch": 32}, "ViT-B-32": {"batch": 8}}
-TEACHERS = {
-    "clip": ["--psd-alpha-max", "0"],
+# The trainer flags of each teacher source (psd_train's --psd-teacher) and of the no-teacher baseline.
+SOURCE_FLAGS = {
+    NO_TEACHER: ["--psd-alpha-max", "0"],
     "self": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant"],
     "ema": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--psd-teacher", "ema"],
     "prev_epoch": ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--psd-teacher", "prev_epoch"],
@@ -88,16 +96,16 @@ def frozen_teacher(model: str, folder: str) -> list[str]:
     return ["--distill-model", model, "--distill-pretrained", path]
 
 
-def run_one(model: str, teacher: str, batch: int, steps: int, threads: int, folder: str, distill: list[str]) -> dict:
+def run_one(model: str, source: str, batch: int, steps: int, threads: int, folder: str, distill: list[str]) -> dict:
     from psd_train.demo.model import TRAIN_FLAGS
 
     model_flags = list(TRAIN_FLAGS) if model == "psd-tiny" else ["--model", model]
-    name = f"{model}-{teacher}"
+    name = f"{model}-{source}"
     argv = [*model_flags, "--dataset-type", "synthetic", "--train-num-samples", str(batch * steps),
             "--batch-size", str(batch), "--epochs", "2", "--workers", "0", "--precision", "fp32",
             "--save-frequency", "0", "--logs", os.path.join(folder, "logs"), "--name", name, "--psd-quiet",
             "--psd-threads", str(threads),
-            *TEACHERS[teacher], *(distill if teacher == "distill" else [])]
+            *SOURCE_FLAGS[source], *(distill if source == "distill" else [])]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.run([sys.executable, "-c", CHILD, ROOT, str(steps), *argv], capture_output=True, text=True,
                          env=env, cwd=ROOT)
@@ -106,48 +114,51 @@ def run_one(model: str, teacher: str, batch: int, steps: int, threads: int, fold
     if run.returncode != 0 or not lines:
         raise SystemExit(f"{name} failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
     result = json.loads(lines[0][len("RESULT "):])
-    return {"model": model, "teacher": teacher, "batch": batch, "step_s": statistics.median(result["step_s"]),
+    return {"model": model, "source": source, "batch": batch, "step_s": statistics.median(result["step_s"]),
             "cpu_s": statistics.median(result["cpu_s"]), "peak_mib": result["peak_bytes"] / 2**20}
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
-    parser.add_argument("--teachers", nargs="+", choices=tuple(TEACHERS), default=list(TEACHERS))
+    parser.add_argument("--sources", nargs="+", choices=tuple(SOURCE_FLAGS), default=list(SOURCE_FLAGS),
+                        help="teacher sources, and no_teacher (the baseline)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per epoch (2 epochs)")
-    parser.add_argument("--repeats", type=int, default=1, help="processes per (model, teacher); medians")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per (model, source); medians")
     parser.add_argument("--threads", type=int, default=1, help="--psd-threads of every run (torch CPU threads)")
     parser.add_argument("--out", default=None, help="CSV file for the rows")
     args = parser.parse_args(argv)
-    rows = []
+    rows, version = [], version_string()
     with tempfile.TemporaryDirectory(prefix="psd_teacher_cost_") as folder:
         for model in args.models:
             batch = MODELS[model]["batch"]
-            distill = frozen_teacher(model, folder) if "distill" in args.teachers else []
-            runs = {teacher: [] for teacher in args.teachers}
+            distill = frozen_teacher(model, folder) if "distill" in args.sources else []
+            runs = {source: [] for source in args.sources}
             for repeat in range(args.repeats):
-                for teacher in args.teachers:  # interleaved, so machine load hits every teacher alike
-                    runs[teacher].append(run_one(model, teacher, batch, args.steps, args.threads, folder, distill))
-                    last = runs[teacher][-1]
-                    print(f"{model} {teacher:10s} repeat {repeat}: {last['step_s']:.3f} s/step, "
+                for source in args.sources:  # interleaved, so machine load hits every source alike
+                    runs[source].append(run_one(model, source, batch, args.steps, args.threads, folder, distill))
+                    last = runs[source][-1]
+                    print(f"{model} {source:10s} repeat {repeat}: {last['step_s']:.3f} s/step, "
                           f"{last['cpu_s']:.3f} CPU s/step, peak {last['peak_mib']:.0f} MiB", flush=True)
-            for teacher, results in runs.items():
-                rows.append({"model": model, "teacher": teacher, "batch": batch,
+            for source, results in runs.items():
+                rows.append({"model": model, "source": source, "batch": batch,
                              "step_s": statistics.median(r["step_s"] for r in results),
                              "cpu_s": statistics.median(r["cpu_s"] for r in results),
-                             "peak_mib": statistics.median(r["peak_mib"] for r in results)})
+                             "peak_mib": statistics.median(r["peak_mib"] for r in results), "version": version})
     print()
     for model in args.models:
         mine = [r for r in rows if r["model"] == model]
-        base = next((r for r in mine if r["teacher"] == "clip"), None)
-        print(f"{model}, batch {mine[0]['batch']}, fp32, CPU, {args.threads} thread(s), median of {args.repeats}:")
-        print("| teacher | CPU time per step | vs CLIP | wall time per step | vs CLIP | peak RSS | vs CLIP |")
+        base = next((r for r in mine if r["source"] == NO_TEACHER), None)
+        print(f"{model}, batch {mine[0]['batch']}, fp32, CPU, {args.threads} thread(s), median of {args.repeats}; "
+              f"{version}:")
+        print(f"| teacher source | CPU time per step | vs {NO_TEACHER} | wall time per step | vs {NO_TEACHER} | "
+              f"peak RSS | vs {NO_TEACHER} |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in mine:
             def rel(key):
                 return f"{r[key] / base[key]:.2f}x" if base else "-"
             mem_rel = f"{r['peak_mib'] - base['peak_mib']:+.0f} MiB" if base else "-"
-            print(f"| {r['teacher']} | {r['cpu_s'] * 1000:.0f} ms | {rel('cpu_s')} | {r['step_s'] * 1000:.0f} ms | "
+            print(f"| {r['source']} | {r['cpu_s'] * 1000:.0f} ms | {rel('cpu_s')} | {r['step_s'] * 1000:.0f} ms | "
                   f"{rel('step_s')} | {r['peak_mib']:.0f} MiB | {mem_rel} |")
         print()
     if args.out:

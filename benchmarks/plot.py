@@ -40,8 +40,6 @@ def load_rows(paths) -> list[dict]:
                 if row["x_name"] != "B":  # e.g. device_check.py's correctness and matmul rows
                     continue
                 config = json.loads(row["config"])
-                if config.get("teacher") == "self":  # rows written before the case was named self_scaled
-                    config["teacher"] = "self_scaled"
                 row["case"] = tuple(config.get(key) for key in CASE_KEYS)
                 row["x_value"] = int(float(row["x_value"]))
                 for field in ("p50", "p20", "p80"):

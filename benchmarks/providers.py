@@ -6,12 +6,12 @@ A provider maps a case to a function computing the symmetric contrastive loss
     psd-<backend>     psd_kernels.psd_clip_loss(..., backend=<backend>), every backend
                       that psd_kernels.backends.available_backends() says can run here
     torch-chunked     benchmarks/chunked_loss.py: plain PyTorch, row chunks + checkpoint
-    openclip-clip     open_clip.ClipLoss (teacher "none") == PSD with alpha = 0
+    openclip-clip     open_clip.ClipLoss (no_teacher) == PSD with alpha = 0
     openclip-distill  open_clip.ClipLoss + DistillClipLoss (teacher "self_scaled"/"separate"):
                       contrastive_loss + distill_loss == 2 x PSD(alpha = 0.5) with the same
                       teacher and teacher scale (checked in tests/test_benchmarks.py); the
                       materialised path users run today for teacher distillation
-    inf-cl            Inf-CL's cal_inf_loss both ways (teacher "none", CUDA, D a multiple of
+    inf-cl            Inf-CL's cal_inf_loss both ways (no_teacher, CUDA, D a multiple of
                       256) == PSD with alpha = 0: hard labels only (see InfClProvider)
 
 psd-triton variants (all_providers(..., variants=True)): the same kernels with another
@@ -21,74 +21,30 @@ benchmarks/device_check.py.
 open_clip: the installed package, else a copy of its loss.py (it needs only torch) at
 $PSD_OPEN_CLIP_LOSS or in the repository's .venv, for GPU machines without open_clip.
 
-Teacher cases (the names of psd_kernels.backends.triton.kernels' TEACHER_* constants): "none"
-(alpha = 0, plain CLIP), "self_scaled" (alpha = 0.5, the student's own embeddings detached,
-teacher scale s/2: one product per tile), "separate" (alpha = 0.5,
-frozen teacher embeddings of width D', teacher scale 20: two products per tile).
+A case is psd_kernels.tools.roofline.Case, the one the roofline predicts. Its teacher, in the
+words of psd_kernels.vocabulary (BENCHMARK_TEACHERS): "no_teacher" (alpha = 0, plain CLIP: every
+target one-hot, no teacher read), the teacher cases "self_scaled" (alpha = 0.5, the student's own
+embeddings detached, teacher scale s/2: one product per tile) and "separate" (alpha = 0.5, frozen
+teacher embeddings of width D', teacher scale 20: two products per tile). The teacher case "self"
+(the student at its own scale) is not benchmarked: open_clip's DistillClipLoss has no such peer.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from chunked_loss import DEFAULT_CHUNK_ROWS, chunked_clip_loss
+from psd_kernels.tools.roofline import Case
+from psd_kernels.vocabulary import DTYPES, NO_TEACHER
 
-TEACHERS = ("none", "self_scaled", "separate")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
+BENCHMARK_TEACHERS = (NO_TEACHER, "self_scaled", "separate")
 STUDENT_SCALE = 1.0 / 0.07        # open_clip's initial exp(logit_scale)
 SEPARATE_TEACHER_SCALE = 20.0
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark point: the symmetric loss on B x D embeddings."""
-    batch: int
-    dim: int
-    teacher: str = "none"
-    dtype: str = "float32"
-    teacher_dim: int = 0          # D' of a separate teacher; 0 means D
-
-    def __post_init__(self):
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if self.batch < 1 or self.dim < 1:
-            raise ValueError(f"batch and dim must be >= 1, got {self.batch} and {self.dim}")
-
-    @property
-    def alpha(self) -> float:
-        return 0.0 if self.teacher == "none" else 0.5
-
-    @property
-    def d_teacher(self) -> int:
-        return (self.teacher_dim or self.dim) if self.teacher == "separate" else 0
-
-    def config(self) -> dict:
-        """The case's identity without the batch size (the x axis)."""
-        out = asdict(self)
-        del out["batch"]
-        out["teacher_dim"] = self.d_teacher
-        out["alpha"] = self.alpha
-        return out
-
-    def flops(self, mode: str) -> float:
-        """Useful FLOPs, recomputation not counted (FLOP_FORMULA)."""
-        b2 = float(self.batch) ** 2
-        forward = 2 * b2 * self.dim + 2 * b2 * self.d_teacher
-        backward = 4 * b2 * self.dim
-        return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
-
-
-FLOP_FORMULA = ("useful FLOPs, recomputation not counted: forward = 2*B^2*D (one student product "
-                "shared by both directions) + 2*B^2*D' (separate teacher only); backward = 4*B^2*D "
-                "(dL/dimage and dL/dtext); full = 6*B^2*D + 2*B^2*D'")
 
 
 def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
@@ -237,9 +193,9 @@ class OpenClipProvider(Provider):
     distill: bool = False
 
     def unavailable(self, case, device):
-        if self.distill and case.teacher == "none":
+        if self.distill and case.teacher == NO_TEACHER:
             return "ClipLoss + DistillClipLoss needs a teacher (see openclip-clip)"
-        if not self.distill and case.teacher != "none":
+        if not self.distill and case.teacher != NO_TEACHER:
             return "ClipLoss has no teacher (see openclip-distill)"
         return _open_clip_missing()
 
@@ -278,8 +234,8 @@ class InfClProvider(Provider):
     loss is the mean of both directions == PSD with alpha = 0 (and open_clip's ClipLoss)."""
 
     def unavailable(self, case, device):
-        if case.teacher != "none":
-            return "Inf-CL has hard labels only: no teacher targets (compared at teacher 'none')"
+        if case.teacher != NO_TEACHER:
+            return f"Inf-CL has hard labels only: no teacher targets (compared at {NO_TEACHER})"
         if case.dim % INF_CL_HEAD_DIM:
             return f"Inf-CL needs D to be a multiple of its head_dim {INF_CL_HEAD_DIM}, got D = {case.dim}"
         if device.type != "cuda":
@@ -302,7 +258,7 @@ class InfClProvider(Provider):
 
 # Variants of psd-triton (psd_kernels/backends/triton/launcher.py): the default is one forward sweep with
 # per-group column partials and a backward kernel per side.
-TRITON_VARIANTS = {"psd-triton [column sweep]": {"PSD_TRITON_COLUMN_STATS": "sweep"}}
+TRITON_VARIANTS = {"psd-triton [second pass]": {"PSD_TRITON_COLUMN_STATS": "second_pass"}}
 
 
 def all_providers(device: torch.device, dtype: torch.dtype = torch.float32,

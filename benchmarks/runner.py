@@ -29,7 +29,8 @@ import time
 import torch
 
 from memory import PeakMemory, release_freed_memory_to_os, rss_bytes
-from providers import DTYPES, Case, all_providers, make_inputs
+from providers import Case, all_providers, make_inputs
+from psd_kernels.vocabulary import DTYPES
 
 RESULT_PREFIX = "RESULT "
 

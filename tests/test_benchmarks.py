@@ -8,6 +8,7 @@ pytest-benchmark cases per provider so regressions show.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,12 +25,18 @@ import benchmark_psd_loss  # noqa: E402
 import device_check  # noqa: E402
 import plot  # noqa: E402
 import providers  # noqa: E402
+import rows as bench_rows  # noqa: E402
 from chunked_loss import chunked_clip_loss  # noqa: E402
+from device_stages import timing as device_timing  # noqa: E402
 from memory import PeakMemory, release_freed_memory_to_os  # noqa: E402
 from providers import Case, InfClProvider, all_providers, make_inputs  # noqa: E402
 from runner import IsolatedWorker  # noqa: E402
 
 from psd_kernels import psd_clip_loss  # noqa: E402
+from psd_kernels.tools import roofline  # noqa: E402
+from psd_kernels.vocabulary import NO_TEACHER  # noqa: E402
+
+VERSION = re.compile(r"^psd \S+ git [0-9a-f]{7,}(\+dirty)?; torch \S+")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,7 +58,7 @@ def _teacher_kwargs(teacher, b, d_teacher, dtype):
     return {}
 
 
-@pytest.mark.parametrize("teacher", ["none", "self_scaled", "separate"])
+@pytest.mark.parametrize("teacher", providers.BENCHMARK_TEACHERS)
 @pytest.mark.parametrize("b,chunk", [(97, 32), (5, 1), (64, 64)])
 def test_chunked_loss_matches_reference_float64(teacher, b, chunk):
     """Loss and gradients (image, text, scale) of the chunked peer equal the reference's."""
@@ -60,7 +67,7 @@ def test_chunked_loss_matches_reference_float64(teacher, b, chunk):
     text = torch.randn(b, d, dtype=torch.float64, requires_grad=True)
     scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     kwargs = _teacher_kwargs(teacher, b, d_teacher, torch.float64)
-    alphas = {} if teacher == "none" else {"alpha_image": 0.3, "alpha_text": 0.6}
+    alphas = {} if teacher == NO_TEACHER else {"alpha_image": 0.3, "alpha_text": 0.6}
     want = psd_clip_loss(image, text, scale, backend="reference", **alphas, **kwargs)
     got = chunked_clip_loss(image, text, scale, chunk=chunk, **alphas, **kwargs)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -192,8 +199,9 @@ def test_worker_is_killed_over_its_memory_limit_then_restarts():
         tight.close()
 
 
-def test_script_and_plot_smoke(tmp_path):
-    """A tiny sweep in-process: every provider measured, rows in the fixed schema, PNGs written."""
+def test_cpu_benchmark_writes_versioned_rows_in_the_schema_and_plot_draws_them(tmp_path):
+    """A tiny sweep in-process: every provider measured, rows in the fixed schema stamped with the
+    commit and whether the tree was clean, PNGs written."""
     markdown = tmp_path / "table.md"
     code = benchmark_psd_loss.main(["--preset", "tiny", "--isolate", "none", "--batch", "24", "40",
                                     "--warmup", "0", "--min-reps", "1", "--max-reps", "2",
@@ -201,13 +209,14 @@ def test_script_and_plot_smoke(tmp_path):
     assert code == 0
     with open(tmp_path / "psd_clip_loss.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        assert tuple(reader.fieldnames) == benchmark_psd_loss.CSV_FIELDS
+        assert tuple(reader.fieldnames) == bench_rows.CSV_FIELDS
         rows = list(reader)
+    assert len({r["version"] for r in rows}) == 1 and VERSION.match(rows[0]["version"]), rows[0]["version"]
     providers, _ = all_providers(torch.device("cpu"))
     timed = {(r["provider"], r["mode"], r["x_value"], json.loads(r["config"])["teacher"])
              for r in rows if r["metric"] == "time" and float(r["p50"]) > 0}
     for provider in providers:
-        for teacher in ("none", "separate"):
+        for teacher in (NO_TEACHER, "separate"):
             if provider.unavailable(Case(24, 32, teacher), torch.device("cpu")) is None:
                 assert {(provider.name, m, b, teacher) for m in ("forward", "backward", "full")
                         for b in ("24", "40")} <= timed
@@ -219,28 +228,35 @@ def test_script_and_plot_smoke(tmp_path):
     assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
 
 
-def test_plot_reads_rows_of_the_old_self_case_as_self_scaled(tmp_path):
-    """Rows written before the student-at-half-its-scale case was named "self_scaled" said "self"."""
-    path = tmp_path / "old.csv"
-    row = dict.fromkeys(benchmark_psd_loss.CSV_FIELDS, "")
-    row.update(op="psd_clip_loss", provider="psd-cpp", mode="full", metric="time", x_name="B", x_value="64",
-               p50="1.0", config=json.dumps({"dim": 32, "teacher": "self", "teacher_dim": 0, "dtype": "float32"}))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, benchmark_psd_loss.CSV_FIELDS)
-        writer.writeheader()
-        writer.writerow(row)
-    assert [r["case"] for r in plot.load_rows([str(path)])] == [(32, "self_scaled", 0, "float32")]
+def test_commit_names_the_head_and_dirty_when_files_other_than_the_data_changed(tmp_path):
+    """benchmarks/rows.commit: the short commit, "+dirty" for a changed or new file; appended
+    benchmark data (benchmarks/data) leaves the tree clean; no git repository: no commit."""
+    assert bench_rows.commit(str(tmp_path)) == ""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "benchmarks" / "data").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "benchmarks" / "data" / "rows.csv").write_text("op\n")
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert bench_rows.commit(str(tmp_path)) == head
+    (tmp_path / "benchmarks" / "data" / "rows.csv").write_text("op\nrow\n")
+    assert bench_rows.commit(str(tmp_path)) == head
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert bench_rows.commit(str(tmp_path)) == head + "+dirty"
 
 
 def test_device_check_shares_the_schema_providers_and_row_writer():
-    """The GPU check writes the CPU benchmark's CSV schema through its row writer and times
-    providers from the one list (benchmarks/providers.py)."""
-    assert device_check.CSV_FIELDS is benchmark_psd_loss.CSV_FIELDS
-    assert device_check.append_csv is benchmark_psd_loss.append_csv
-    assert device_check.all_providers is providers.all_providers
-    assert device_check.Case is providers.Case and device_check.make_inputs is providers.make_inputs
-    chosen, skipped = device_check.gpu_providers(torch.device("cpu"), variants=False)
-    assert {p.name for p in chosen} <= set(device_check.GPU_PROVIDERS)
+    """The GPU check writes the benchmarks' CSV schema through their one row writer and times
+    providers from the one list (benchmarks/providers.py) on the roofline's Case."""
+    assert benchmark_psd_loss.append_csv is bench_rows.append_csv and device_check.Recorder is bench_rows.Recorder
+    assert device_timing.all_providers is providers.all_providers
+    assert device_timing.Case is providers.Case is roofline.Case
+    assert device_timing.make_inputs is providers.make_inputs
+    chosen, skipped = device_timing.gpu_providers(torch.device("cpu"), variants=False)
+    assert {p.name for p in chosen} <= set(device_timing.GPU_PROVIDERS)
     assert "inf-cl" in skipped and "psd-triton" in skipped            # no CUDA here
 
 
@@ -260,10 +276,11 @@ def test_triton_variants_set_their_environment_around_the_call(monkeypatch):
     seen = {}
     monkeypatch.setattr("psd_kernels.psd_clip_loss",
                         lambda *a, **k: seen.setdefault("mode", os.environ.get("PSD_TRITON_COLUMN_STATS")))
-    variant = providers.PSDProvider("psd-triton [column sweep]", "", backend="triton",
-                                    env=(("PSD_TRITON_COLUMN_STATS", "sweep"),))
+    variant = providers.PSDProvider("psd-triton [second pass]", "", backend="triton",
+                                    env=(("PSD_TRITON_COLUMN_STATS", "second_pass"),))
     variant.build(Case(8, 4))(make_inputs(Case(8, 4), torch.device("cpu")))
-    assert seen["mode"] == "sweep" and "PSD_TRITON_COLUMN_STATS" not in os.environ
+    assert seen["mode"] == "second_pass" and "PSD_TRITON_COLUMN_STATS" not in os.environ
+    assert providers.TRITON_VARIANTS == {"psd-triton [second pass]": {"PSD_TRITON_COLUMN_STATS": "second_pass"}}
 
 
 def test_device_check_imports_without_numpy():
@@ -273,19 +290,20 @@ def test_device_check_imports_without_numpy():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_device_check_dry_run(tmp_path):
+def test_device_check_dry_run_reaches_every_stage_and_writes_plottable_rows(tmp_path):
     """The GPU check end to end on CPU (TRITON_INTERPRET=1, tiny sizes): rows in the shared schema,
-    plottable time and memory rows, every stage reached."""
+    stamped with the commit, plottable time and memory rows, every stage reached."""
     result = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "device_check.py"), "--dry-run",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(tmp_path / "device_check.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        assert tuple(reader.fieldnames) == benchmark_psd_loss.CSV_FIELDS
+        assert tuple(reader.fieldnames) == bench_rows.CSV_FIELDS
         rows = list(reader)
     assert {r["op"] for r in rows} == {"psd_correctness", "matmul_bf16", "psd_clip_loss"}
+    assert all(VERSION.match(r["version"]) and "; triton " in r["version"] for r in rows)
     timed = {r["provider"] for r in rows if r["op"] == "psd_clip_loss" and r["metric"] == "time"}
-    assert {"psd-cpp", "psd-triton", "psd-triton [column sweep]"} <= timed
+    assert {"psd-cpp", "psd-triton", "psd-triton [second pass]"} <= timed
     assert all(json.loads(r["config"]) is not None for r in rows)
     assert "inf-cl not run: Inf-CL's Triton kernels need a CUDA device" in result.stdout
     assert "## B = 64, D = 16" in result.stdout and "total" in result.stdout
@@ -295,9 +313,9 @@ def test_device_check_dry_run(tmp_path):
 _PROVIDERS, _ = all_providers(torch.device("cpu"))
 
 
-@pytest.mark.parametrize("teacher", ["none", "separate"])
+@pytest.mark.parametrize("teacher", [NO_TEACHER, "separate"])
 @pytest.mark.parametrize("provider", _PROVIDERS, ids=[p.name for p in _PROVIDERS])
-def test_benchmark_forward_backward(benchmark, provider, teacher):
+def test_pytest_benchmark_times_each_providers_forward_backward(benchmark, provider, teacher):
     """pytest-benchmark: forward + backward at B=256, D=64 (compare runs with --benchmark-compare)."""
     case = Case(256, 64, teacher)
     if provider.unavailable(case, torch.device("cpu")) is not None:

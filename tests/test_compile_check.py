@@ -6,17 +6,17 @@ sm_80 / sm_90 / sm_100. Here: the parsers and the occupancy arithmetic on fixed 
 recording (every kernel, widths padded, offset inputs aligned, ints specialised as Triton
 does), and a representative subset compiled: D = 500 (a padded width) and 768, B = 4097 (odd)
 and 32768, the separate teacher (the most registers) and the self teacher (the one-sweep
-forward), bf16 on sm_90 and sm_100 and fp16 on sm_80. `make compile-check` runs the whole matrix.
+forward), bfloat16 on sm_90 and sm_100 and float16 on sm_80. `make compile-check` runs the whole matrix.
 The recording covers the reduction mean (and sum, which launches the same kernels): with a teacher
 of statistics of its own that is the one-sweep forward and the gradient tiles with the cross
 terms (CROSS); products whose output tiles are few split K over a third grid axis. The symmetric
-cases are recorded under PSD_TRITON_COLUMN_STATS=sweep too (two forward sweeps).
+calls are recorded under PSD_TRITON_COLUMN_STATS=second_pass too (two forward sweeps).
 
     .venv/bin/python -m pytest tests/test_compile_check.py
 
 Recording and compiling need the real @triton.jit functions, which TRITON_INTERPRET=1 replaces
-by interpreted ones; under it, test_without_the_interpreter re-runs this file in a child pytest
-with TRITON_INTERPRET unset.
+by interpreted ones; under it, test_compile_check_reruns_itself_without_the_interpreter re-runs
+this file in a child pytest with TRITON_INTERPRET unset.
 """
 import os
 import subprocess
@@ -27,11 +27,11 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from psd_kernels.tools import compile_check, launches  # noqa: E402
+from psd_kernels.tools import compile_check, launches, roofline  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-compiled = pytest.mark.skipif(INTERPRETED, reason="TRITON_INTERPRET=1: test_without_the_interpreter runs this "
-                                                  "in a child pytest")
+compiled = pytest.mark.skipif(INTERPRETED, reason="TRITON_INTERPRET=1: test_compile_check_reruns_itself_without_"
+                                                  "the_interpreter runs this in a child pytest")
 needs_ptxas = pytest.mark.skipif(
     not os.path.isfile(compile_check._tool("ptxas")) or not os.path.isfile(compile_check._tool("cuobjdump")),
     reason="Triton's bundled ptxas/cuobjdump are missing (a Triton build without the NVIDIA backend)")
@@ -71,7 +71,7 @@ module {
 ASYNC = "ttg.async_copy_global_to_local %pb, %sb : tensor<32x64x!tt.ptr<bf16>, #blocked> -> <32x64xbf16>"
 
 
-def test_resource_usage_parsing():
+def test_resource_usage_is_parsed_from_cuobjdump():
     usage = compile_check.parse_resource_usage(CUOBJDUMP_TEXT)
     assert usage == {"_psd_fwd_kernel": {"regs": 255, "spill_bytes": 1672, "smem_static": 1024},
                      "_gemm_kernel": {"regs": 106, "spill_bytes": 0, "smem_static": 0}}
@@ -90,33 +90,34 @@ def test_dots_and_main_loop_loads_are_read_from_the_ttgir():
     assert compile_check.main_loop_loads(synchronous.replace("{LAYOUT}", "#mma")) == (1, 2, 1)
 
 
-def test_ctas_per_sm_and_failures():
+def test_ctas_per_sm_limits_and_what_fails_a_row():
     assert compile_check.ctas_per_sm(90, regs=255, smem=20000, num_warps=8) == 1       # 256 x 256 regs per CTA
     assert compile_check.ctas_per_sm(90, regs=128, smem=20000, num_warps=4) == 4       # registers: 4 x 16K
     assert compile_check.ctas_per_sm(90, regs=64, smem=100 * 1024, num_warps=4) == 2   # shared memory
     assert compile_check.ctas_per_sm(80, regs=32, smem=0, num_warps=1) == 32           # the CTA limit
-    row = dict(arch=90, dtype="bf16", spill_bytes=24, smem=300 * 1024, dots=2, tc_dots=1, other_dots=1,
+    assert compile_check.ctas_per_sm is roofline.ctas_per_sm   # one occupancy formula
+    row = dict(arch=90, dtype="bfloat16", spill_bytes=24, smem=300 * 1024, dots=2, tc_dots=1, other_dots=1,
                main_loops=1, sync_loads=2, async_loads=0)
     why = compile_check.failures(row)
     assert len(why) == 4 and "shared memory" in why[0]
     assert "1 of 2 dots not on wgmma" in why[1] and "spills 24 bytes" in why[2] and "synchronous" in why[3]
     clean = dict(row, spill_bytes=0, smem=1000, tc_dots=2, other_dots=0, sync_loads=0, async_loads=2)
     assert compile_check.failures(clean) == []
-    fp32 = dict(row, dtype="fp32", smem=1000)
+    fp32 = dict(row, dtype="float32", smem=1000)
     assert compile_check.failures(fp32) == [] and "spills" in compile_check.notes(fp32)[0]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="the tests run in this process")
 @pytest.mark.timeout(900)
-def test_without_the_interpreter():
+def test_compile_check_reruns_itself_without_the_interpreter():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
     assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-2000:]
 
 
-def _recorded(arch, **case):
-    return [launch for _, launch in launches.record(arch, compile_check.SMS[arch], [launches.Case("bf16", **case)])]
+def _recorded(arch, **call):
+    return [launch for _, launch in launches.record(arch, compile_check.SMS[arch], [launches.Call("bfloat16", **call)])]
 
 
 @compiled
@@ -183,12 +184,12 @@ def test_recorded_mean_takes_the_one_sweep_and_the_cross_terms():
 
 
 @compiled
-def test_column_stats_sweep_is_recorded_and_the_environment_restored(monkeypatch):
-    """PSD_TRITON_COLUMN_STATS=sweep: the symmetric loss runs two forward sweeps without column
-    partials (a self teacher: LABELS_DIAG=1, COL_STATS=0, TEACHER=0, launched by no other case); the
+def test_column_stats_second_pass_is_recorded_and_the_environment_restored(monkeypatch):
+    """PSD_TRITON_COLUMN_STATS=second_pass: the symmetric loss runs two forward sweeps without column
+    partials (a self teacher: LABELS_DIAG=1, COL_STATS=0, TEACHER=0, launched by no other call); the
     matrix records it, the compile check compiles its variants, and the variable is restored."""
-    matrix = launches.cases("bf16", batches=(4097,), dims=(512,), teachers=("self",))
-    assert {c.column_stats for c in matrix if c.symmetric} == {"partials", "sweep"}
+    matrix = launches.calls("bfloat16", batches=(4097,), dims=(512,), teachers=("self",))
+    assert {c.column_stats for c in matrix if c.symmetric} == {"partials", "second_pass"}
     assert {c.column_stats for c in matrix if not c.symmetric} == {"partials"}   # the switch is not read there
     sweep_fwd = dict(TEACHER=0, LABELS_DIAG=True, COL_STATS=False)
 
@@ -201,13 +202,13 @@ def test_column_stats_sweep_is_recorded_and_the_environment_restored(monkeypatch
             monkeypatch.delenv("PSD_TRITON_COLUMN_STATS", raising=False)
         else:
             monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", saved)
-        swept = _recorded(90, b=4097, d=512, teacher="self", column_stats="sweep")
+        swept = _recorded(90, b=4097, d=512, teacher="self", column_stats="second_pass")
         assert os.environ.get("PSD_TRITON_COLUMN_STATS") == saved
     assert len(sweeps(swept)) == 2 * 4   # both sweeps, the four kept configs of a 64-wide forward
     assert not sweeps(_recorded(90, b=4097, d=512, teacher="self"))
-    variants, _ = compile_check.collect((90,), ("bf16",), (4097,), (512,), ("self",))
+    variants, _ = compile_check.collect((90,), ("bfloat16",), (4097,), (512,), ("self",))
     assert len(sweeps([v.launch for v in variants])) == 4
-    assert all("COLUMN_STATS=sweep" in v.example for v in variants if sweeps([v.launch]))
+    assert all("COLUMN_STATS=second_pass" in v.example for v in variants if sweeps([v.launch]))
 
 
 @compiled
@@ -230,9 +231,9 @@ def test_recorded_products_split_k_when_their_tiles_are_few():
 @needs_ptxas
 @pytest.mark.timeout(600)
 def test_kept_configs_do_not_spill_and_run_on_the_tensor_cores():
-    subset = dict(batches=(4097, 32768), dims=(500, 768), teachers=("separate", "self"), jobs=2)
-    rows = compile_check.run(archs=(90, 100), dtypes=("bf16",), **subset)[0]
-    rows += compile_check.run(archs=(80,), dtypes=("fp16",), **subset)[0]
+    subset = dict(batches=(4097, 32768), dims=(500, 768), teachers=("separate", "self"), modes=("cross",), jobs=2)
+    rows = compile_check.run(archs=(90, 100), dtypes=("bfloat16",), **subset)[0]
+    rows += compile_check.run(archs=(80,), dtypes=("float16",), **subset)[0]
     assert {r["kernel"] for r in rows} == {"fwd", "grad", "gemm"}
     bad = [f"{r['kernel']} sm_{r['arch']} {r['dtype']} {r['flags']} {r['config']}: {'; '.join(r['failures'])}"
            for r in rows if r["failures"]]
@@ -251,3 +252,9 @@ def test_teacher_cases_reach_the_kernels_as_plain_values():
         values = [value for launch in recorded for _, value in launch.constexprs]
         assert not any(isinstance(value, kernels.tl.constexpr) for value in values), values
         assert {launch.constexpr("TEACHER") for launch in recorded} - {None} == {case.value}
+    # the within-modality call passes no teacher: the student's own embeddings of the other side reach
+    # the kernels as a separate teacher of width D
+    within = [c for c in launches.calls("bfloat16", batches=(97,), dims=(64, 512)) if c.mode == "within_modality"]
+    assert within and {(c.teacher, c.dt == c.d) for c in within} == {("separate", True)}
+    recorded = _recorded(90, b=97, d=64, teacher="separate", dt=64, mode="within_modality")
+    assert {launch.constexpr("TEACHER") for launch in recorded} - {None} == {kernels.TEACHER_SEPARATE.value}

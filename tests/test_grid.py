@@ -9,7 +9,7 @@ import pytest
 from psd_kernels.backends.triton import grid
 
 
-def test_waves_and_equal_programs():
+def test_waves_and_wave_efficiency_of_equal_programs():
     assert grid.waves(264, 264) == 1 and grid.waves(272, 264) == 2
     # 272 programs on 264 slots: a second wave of 8 programs, 272 / 528 of the slots' time used
     assert grid.wave_efficiency(272, 264) == pytest.approx(272 / 528)

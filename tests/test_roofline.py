@@ -9,14 +9,17 @@ import pytest
 from psd_kernels.tools import roofline as R
 
 # B = 16384, D = 64, a separate teacher of width D' = 32; B^2 = 268,435,456.
-SMALL = R.Case("small", 16384, 64, "separate", 32)
+SMALL = R.Case(16384, 64, "separate", "bfloat16", 32)
 
 
 def test_useful_flops_are_6_b2_d_plus_2_b2_dprime():
     # forward 2 B^2 (64 + 32) + backward 4 B^2 64 = 448 B^2
-    assert R.useful_flops(SMALL) == 120_259_084_288
+    assert SMALL.flops() == 120_259_084_288
     # a self teacher adds no product: 6 B^2 D = 384 B^2
-    assert R.useful_flops(R.Case("self", 16384, 64)) == 103_079_215_104
+    assert R.Case(16384, 64, "self_scaled").flops() == 103_079_215_104
+    # forward and backward apart: 2 B^2 (64 + 32) and 4 B^2 64
+    assert SMALL.flops("forward") + SMALL.flops("backward") == SMALL.flops("full") == SMALL.flops()
+    assert SMALL.flops("backward") == 256 * 16384 ** 2
 
 
 def test_triton_executes_one_sweep_for_mean_and_two_for_none():
@@ -25,21 +28,22 @@ def test_triton_executes_one_sweep_for_mean_and_two_for_none():
     # none: two sweeps 384 B^2, G tiles 192 B^2, products 256 B^2
     assert R.triton_flops(SMALL, "none") == 832 * 16384 ** 2 == 223_338_299_392
     # at D' = D: 12 B^2 D executed for 8 B^2 D useful (67%); a self teacher 8 for 6 (75%)
-    wide = R.Case("wide", 32768, 512, "separate", 512)
+    wide = R.Case(32768, 512, "separate", "bfloat16", 512)
     unit = 32768 ** 2 * 512
-    assert R.triton_flops(wide) == 12 * unit and R.useful_flops(wide) == 8 * unit
+    assert R.triton_flops(wide) == 12 * unit and wide.flops() == 8 * unit
     assert R.triton_flops(R.CASES[0]) == 8 * unit and R.triton_flops(R.CASES[0], "none") == 10 * unit
 
 
-def test_ctas_per_sm_from_registers_and_shared_memory():
+def test_ctas_per_sm_on_sm_90_from_registers_shared_memory_and_warps():
     # 255 registers: 8192 per warp (32 x 256), 8 warps take all 65,536 of an SM; 4 warps fit twice
-    assert R.ctas_per_sm(8, 255, 62464) == 1 and R.ctas_per_sm(4, 255, 33792) == 2
-    assert R.ctas_per_sm(4, 128, 100 * 1024) == 2           # 233,472 // (102,400 + 1024) = 2
-    assert R.ctas_per_sm(4, 64, 1024) == 8                   # 2048 registers per warp: 8 x 4 warps
-    assert R.ctas_per_sm(4, 32, 1024) == 16                  # 64 warps per SM at most
+    assert R.ctas_per_sm(90, regs=255, smem=62464, num_warps=8) == 1
+    assert R.ctas_per_sm(90, regs=255, smem=33792, num_warps=4) == 2
+    assert R.ctas_per_sm(90, regs=128, smem=100 * 1024, num_warps=4) == 2   # 233,472 // (102,400 + 1024) = 2
+    assert R.ctas_per_sm(90, regs=64, smem=1024, num_warps=4) == 8           # 2048 registers per warp: 8 x 4 warps
+    assert R.ctas_per_sm(90, regs=32, smem=1024, num_warps=4) == 16          # 64 warps per SM at most
 
 
-def test_triton_launches_at_b_32768():
+def test_triton_launch_grids_ctas_and_k_splits_at_b_32768_and_1m():
     launches = R.triton_launches(R.CASES[1], R.H100_SXM)
     fwd = launches[0]
     # one sweep: 16 row groups x 16 column splits, 16 blocks of 128 rows by 64 tiles of 32 columns
@@ -71,8 +75,8 @@ def test_cpp_recomputes_all_blocks_but_the_last():
     # 2 * 12288 * 16384 * 96 = 38,654,705,664; dx and dy: 4 B^2 64 = 68,719,476,736
     assert R.cpp_flops(SMALL) == 158_913_789_952
     # one block: nothing recomputed, the executed FLOPs are the useful ones
-    one = R.Case("one", 1024, 64, "separate", 32)
-    assert R.cpp_flops(one) == R.useful_flops(one)
+    one = R.Case(1024, 64, "separate", "bfloat16", 32)
+    assert R.cpp_flops(one) == one.flops()
 
 
 def test_cpp_bytes_pass_by_pass():
@@ -84,12 +88,12 @@ def test_cpp_bytes_pass_by_pass():
     #          coefficient vectors 64; dx reads G 64 + y 32, writes 32; dy reads G 64 + x_blk 32,
     #          reads and writes dy 64                                                 -> 480
     # dx, dy cast back: 2 * (32 + 16)                                                 -> 96
-    assert R.cpp_bytes(R.Case("tiny", 4, 2)) == 128 + 448 + 480 + 96
+    assert R.cpp_bytes(R.Case(4, 2, "self_scaled")) == 128 + 448 + 480 + 96
 
 
 def test_triton_bytes_pass_by_pass():
     # B = 128, D = 64, self teacher, 132 SMs: one G chunk of 128 rows.
-    tiny = R.Case("tiny", 128, 64)
+    tiny = R.Case(128, 64, "self_scaled")
     assert R.triton_chunk_rows(128) == 128
     inputs = 2 * 128 * 64 * 2                                # x, y in bf16: 32768
     grad_tiles = 128 * 64 * 2 + 128 * 64 * 2 + 128 * 128 * 2  # columns, rows, G written
@@ -125,13 +129,13 @@ def test_prediction_is_the_larger_time_and_names_its_bound():
     assert slow_memory["bound"] == "memory" and slow_memory["predicted_ms"] == slow_memory["memory_ms"]
 
 
-def test_datasheet_constants():
+def test_gpu_rates_are_the_datasheet_dense_figures():
     assert (R.H100_SXM.bf16_tensor, R.H100_SXM.tf32_tensor, R.H100_SXM.fp32, R.H100_SXM.hbm) == \
         (989.4e12, 494.7e12, 66.9e12, 3.35e12)
     assert (R.H200.bf16_tensor, R.H200.tf32_tensor, R.H200.fp32, R.H200.hbm) == (989.4e12, 494.7e12, 66.9e12, 4.8e12)
 
 
-def test_printout_runs(capsys):
+def test_printout_has_every_row_the_one_sweep_grid_and_json(capsys):
     assert R.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("| psd-triton |") == 6 and "| memory |" in out and "| compute |" in out
@@ -141,3 +145,5 @@ def test_printout_runs(capsys):
     assert len(rows) == len(R.CASES) * len(R.GPUS) * len(R.BACKENDS) == 18
     assert {r["B"] for r in rows} == {32768, 1 << 20} and {r["gpu"] for r in rows} == {"H100 SXM", "H200"}
     assert all(r["predicted_ms"] == max(r["compute_ms"], r["memory_ms"]) for r in rows)
+    assert {r["case"] for r in rows} == {"B=32768 D=512 self_scaled teacher", "B=32768 D=512 separate teacher D'=512",
+                                         "B=1048576 D=512 self_scaled teacher"}

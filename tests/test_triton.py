@@ -148,7 +148,7 @@ def test_symmetric_matches_reference_fp32(b, d, teacher):
 @pytest.mark.parametrize("teacher", TEACHER_CASES)
 def test_symmetric_column_stats_by_second_pass_matches_reference(teacher, monkeypatch):
     """The alternative symmetric forward: a second sweep with rows and columns swapped."""
-    monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", "sweep")
+    monkeypatch.setenv("PSD_TRITON_COLUMN_STATS", "second_pass")
     check_symmetric(37, 20, torch.float32, "cpu", teacher)
 
 

@@ -4,8 +4,8 @@
     want = loss_and_grads("psd_clip_loss", "reference", x, y, scale, kwargs, upstream, "none", float64=True)
     errors(got, want)  # [loss, dx, dy, dscale]: max error / max(|reference|, 0.05)
 
-Used by tests/test_cpp.py, tests/test_triton.py and benchmarks/device_check.py (which runs on a
-GPU machine without pytest: torch only, no numpy).
+Used by tests/test_cpp.py, tests/test_triton.py and benchmarks/device_check.py's correctness and
+timing stages (benchmarks/device_stages/, run on a GPU machine without pytest: torch only, no numpy).
 
 The error of a result is its largest deviation from the float64 reference divided by the
 reference's largest magnitude, at least 0.05 (a one-column loss is exactly 0 but computed as

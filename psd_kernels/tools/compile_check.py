@@ -1,15 +1,15 @@
 """Ahead-of-time check of the Triton kernels as the public API launches them, without a GPU.
 
     python -m psd_kernels.tools.compile_check                      # the full matrix (make compile-check)
-    python -m psd_kernels.tools.compile_check --arch 90 --dtype bf16 --D 500
+    python -m psd_kernels.tools.compile_check --arch 90 --dtype bfloat16 --D 500
     python -m psd_kernels.tools.compile_check --json               # one JSON object per line
     python -m psd_kernels.tools.compile_check --cpp                # also the C++ CUDA kernels of psd_kernels._C
 
 The variants come from the launcher itself (psd_kernels.tools.launches): psd_loss / psd_clip_loss
-and their backward run on meta tensors for every case of the matrix (B, D, D', teacher case,
-symmetric and one direction, aligned and offset inputs, reductions "none" and "mean": the latter
-the one-sweep forward and the cross-term gradient tiles of a teacher with statistics of its own;
-the symmetric cases also under PSD_TRITON_COLUMN_STATS=sweep, two forward sweeps),
+and their backward run on meta tensors for every call of the matrix (B, D, D', teacher case and
+mode, symmetric and one direction, aligned and offset inputs, reductions "none" and "mean": the
+latter the one-sweep forward and the cross-term gradient tiles of a teacher with statistics of its
+own; the symmetric calls also under PSD_TRITON_COLUMN_STATS=second_pass, two forward sweeps),
 every launch is recorded for every config the prune functions keep, and Triton's own binder
 specialises it from the real argument values (ints divisible by 16, ints equal to 1, 16-byte
 aligned pointers). Identical
@@ -19,24 +19,23 @@ ptxas; cuobjdump reads the cubin:
     regs         registers per thread (255 is the ceiling)
     spill        local-memory stack per thread in bytes (spilled registers; 0 is the goal)
     smem         shared memory per block in bytes (Triton's dynamic + static)
-    ctas         CTAs per SM that registers, shared memory and warps allow
+    ctas         CTAs per SM that registers, shared memory and warps allow (roofline.ctas_per_sm)
     dots         tensor-core dots / dots of the kernel: each tt.dot of the TTIR must lower to the
                  arch's tensor-core op in the TTGIR (sm_80 mma.sync, sm_90 wgmma, sm_100 tcgen05)
     loads        "async" when every main loop (an innermost loop holding a dot) loads its
                  operands asynchronously (cp.async or TMA), else the count of synchronous loads
 
-A row fails, for bf16 and fp16 (the tensor-core path), when it spills, when a dot is not on
+A row fails, for bfloat16 and float16 (the tensor-core path), when it spills, when a dot is not on
 the arch's tensor-core instruction, when a main loop's loads are synchronous, or when its
 shared memory exceeds the arch's per-block limit; the exit status is 1 when any row fails.
-fp32 inputs run IEEE fp32 products on the FMA units: their findings are printed as notes.
-After the table, the waves: for B = 32768 (D = D' = 512, aligned bf16) every launch's grid
+float32 inputs run IEEE fp32 products on the FMA units: their findings are printed as notes.
+After the table, the waves: for B = 32768 (D = D' = 512, aligned bfloat16) every launch's grid
 against the CTAs per SM on the arch's SM count. Compiles are cached by Triton
 (~/.triton/cache), so a second run is fast; --jobs records and compiles in parallel processes.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
 import dataclasses
 import glob
@@ -49,27 +48,26 @@ import sys
 import tempfile
 
 from psd_kernels.tools import launches
+from psd_kernels.tools.roofline import ctas_per_sm
+from psd_kernels.vocabulary import TEACHER_CASES, TEACHER_MODES
 
 ARCHS = (80, 90, 100)
-DTYPES = ("bf16", "fp16", "fp32")
+# The psd_kernels.vocabulary dtypes the Triton kernels take.
+DTYPES = ("bfloat16", "float16", "float32")
 # SMs of the GPU each arch stands for: A100, H100 / H200, B200.
 SMS = {80: 108, 90: 132, 100: 148}
-# Shared memory per SM and the most one block may use (opt-in), bytes; 1 KiB per block is reserved.
-SMEM_PER_SM = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}
+# The most shared memory one block may use (opt-in), bytes (per SM: roofline.SMEM_PER_SM).
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024, 100: 227 * 1024}
-SMEM_RESERVED = 1024
-REGS_PER_SM, MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 65536, 64, 32
 # The tensor-core op each arch's dots must lower to, as named in the TTGIR.
 TENSOR_CORE = {80: "mma.sync", 90: "wgmma", 100: "tcgen05"}
-WAVES_CASE = dict(b=32768, d=512, dtype="bf16", offset=False)
-# The kernels' TEACHER constexpr by its name (psd_kernels.backends.triton.kernels.TEACHER_*).
-TEACHER_CASES = {0: "self", 1: "self_scaled", 2: "separate"}
+WAVES_CALL = dict(b=32768, d=512, dtype="bfloat16", offset=False)
 
 
 def _shown(name: str, value) -> str:
-    """A constexpr as the flags column prints it: booleans as 0/1, the teacher case by name."""
+    """A constexpr as the flags column prints it: booleans as 0/1, the teacher case by name (the
+    kernels' TEACHER_* values index TEACHER_CASES, psd_kernels.backends.triton.kernels)."""
     if name == "TEACHER":
-        return TEACHER_CASES.get(int(value), str(value))
+        return TEACHER_CASES[int(value)] if 0 <= int(value) < len(TEACHER_CASES) else str(value)
     return str(int(value)) if isinstance(value, bool) else str(value)
 
 
@@ -83,6 +81,7 @@ class Variant:
 
     arch: int
     launch: launches.Launch
+    dtype: str                  # the recorded calls' input dtype (a psd_kernels.vocabulary.DTYPES name)
     uses: int = 0               # recorded launches with this specialisation
     example: str = ""
 
@@ -90,10 +89,6 @@ class Variant:
     def kernel(self) -> str:
         name = self.launch.source.split(":")[1]
         return name.removeprefix("_psd_").removeprefix("_").removesuffix("_kernel")
-
-    @property
-    def dtype(self) -> str:
-        return next(t[1:] for _, t in self.launch.signature if t.startswith("*"))
 
     def flags(self) -> str:
         """The constexprs other than tile sizes and precision, and the ints the binder fixed to 1."""
@@ -197,15 +192,6 @@ def main_loop_loads(ttgir: str) -> tuple:
     return len(main), sum(e["sync"] for e in main), sum(e["async"] for e in main)
 
 
-def ctas_per_sm(arch: int, regs: int, smem: int, num_warps: int) -> int:
-    """CTAs one SM holds: registers (allocated per warp in units of 256), shared memory (plus the
-    1 KiB reserved per block), warps and the CTA limit."""
-    regs_per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
-    by_regs = (REGS_PER_SM // regs_per_warp) // num_warps
-    by_smem = SMEM_PER_SM[arch] // (smem + SMEM_RESERVED)
-    return min(by_regs, by_smem, MAX_WARPS_PER_SM // num_warps, MAX_CTAS_PER_SM)
-
-
 def compile_launch(launch: launches.Launch, arch: int) -> dict:
     """Compile for sm_<arch> (no GPU needed): registers, spills, shared memory, dots, main-loop loads."""
     import triton
@@ -229,11 +215,11 @@ def compile_launch(launch: launches.Launch, arch: int) -> dict:
 
 
 def failures(row: dict) -> list:
-    """Why a row fails the check (empty when it passes); fp32 findings are notes()."""
+    """Why a row fails the check (empty when it passes); float32 findings are notes()."""
     why = []
     if row["smem"] > SMEM_LIMIT[row["arch"]]:
         why.append(f"shared memory {row['smem']} > {SMEM_LIMIT[row['arch']]} on sm_{row['arch']}")
-    if row["dtype"] == "fp32":
+    if row["dtype"] == "float32":
         return why
     if row["other_dots"] or row["tc_dots"] < row["dots"]:
         why.append(f"{row['other_dots']} of {row['dots']} dots not on {TENSOR_CORE[row['arch']]}")
@@ -241,9 +227,9 @@ def failures(row: dict) -> list:
 
 
 def notes(row: dict) -> list:
-    """What a row shows outside the check's target: fp32 runs IEEE products on the FMA units
+    """What a row shows outside the check's target: float32 runs IEEE products on the FMA units
     (no tensor cores by design), so its spills and synchronous loads are reported, not failed."""
-    return _spills_and_loads(row) if row["dtype"] == "fp32" else []
+    return _spills_and_loads(row) if row["dtype"] == "float32" else []
 
 
 def _spills_and_loads(row: dict) -> list:
@@ -256,23 +242,24 @@ def _spills_and_loads(row: dict) -> list:
 
 
 def _record(job) -> list:
-    """[(arch, Launch, case), ...] for one (arch, dtype) of the matrix."""
-    arch, dtype, batches, dims, teachers = job
-    cases = launches.cases(dtype, batches, dims, teachers)
-    return [(arch, launch, case) for case, launch in launches.record(arch, SMS[arch], cases)]
+    """[(arch, Launch, call), ...] for one (arch, dtype) of the matrix."""
+    arch, dtype, batches, dims, teachers, modes = job
+    calls = launches.calls(dtype, batches, dims, teachers, modes)
+    return [(arch, launch, call) for call, launch in launches.record(arch, SMS[arch], calls)]
 
 
-def collect(archs, dtypes, batches, dims, teachers, pool=None):
+def collect(archs, dtypes, batches, dims, teachers, modes=TEACHER_MODES, pool=None):
     """(unique variants, waves launches): every recorded launch, deduplicated by its specialisation."""
-    jobs = [(arch, dtype, batches, dims, teachers) for arch in archs for dtype in dtypes]
+    jobs = [(arch, dtype, batches, dims, teachers, modes) for arch in archs for dtype in dtypes]
     recorded = (pool.map(_record, jobs) if pool else map(_record, jobs))
     variants, waves = {}, []
     for part in recorded:
-        for arch, launch, case in part:
-            variant = variants.setdefault((arch,) + launch.key(), Variant(arch, launch, example=str(case)))
+        for arch, launch, call in part:
+            variant = variants.setdefault((arch,) + launch.key(),
+                                          Variant(arch, launch, call.dtype, example=str(call)))
             variant.uses += 1
-            if all(getattr(case, k) == v for k, v in WAVES_CASE.items()) and case.dt in (0, case.d):
-                waves.append((arch, launch, case))
+            if all(getattr(call, k) == v for k, v in WAVES_CALL.items()) and call.dt in (0, call.d):
+                waves.append((arch, launch, call))
     return list(variants.values()), waves
 
 
@@ -286,12 +273,12 @@ def _compile_row(variant: Variant) -> dict:
     return row
 
 
-def run(archs=ARCHS, dtypes=DTYPES, batches=launches.BATCHES, dims=launches.DIMS, teachers=launches.TEACHERS,
-        jobs=1, on_row=None) -> tuple:
+def run(archs=ARCHS, dtypes=DTYPES, batches=launches.BATCHES, dims=launches.DIMS, teachers=TEACHER_CASES,
+        modes=TEACHER_MODES, jobs=1, on_row=None) -> tuple:
     """Record, deduplicate and compile the matrix: (rows with "failures" and "notes", waves rows)."""
     pool = concurrent.futures.ProcessPoolExecutor(jobs) if jobs > 1 else None
     try:
-        variants, wave_launches = collect(archs, dtypes, batches, dims, teachers, pool)
+        variants, wave_launches = collect(archs, dtypes, batches, dims, teachers, modes, pool)
         variants.sort(key=lambda v: (v.arch, v.dtype, v.kernel, v.flags(), v.config()))
         results = pool.map(_compile_row, variants) if pool else map(_compile_row, variants)
         rows = [_finish(row, on_row) for row in results]
@@ -311,18 +298,19 @@ def _finish(row, on_row):
 
 
 def wave_rows(wave_launches, by_key) -> list:
-    """Per distinct (arch, kernel, flags, config) launched at the waves case: its grid against the SMs."""
+    """Per distinct (arch, kernel, flags, config) launched at the waves call: its grid against the SMs."""
     out = {}
-    for arch, launch, case in wave_launches:
+    for arch, launch, call in wave_launches:
         row = by_key[(arch,) + launch.key()]
         if "error" in row:
             continue
-        key = (arch, row["kernel"], row["flags"], row["config"], launch.programs, case.teacher, case.symmetric)
+        teacher = call.teacher + (f" {call.mode}" if call.mode != TEACHER_MODES[0] else "")
+        key = (arch, row["kernel"], row["flags"], row["config"], launch.programs, teacher, call.symmetric)
         slots = row["ctas"] * SMS[arch]
         waves = launch.programs / slots if slots else math.inf
         tail = (launch.programs % slots) / slots if slots else 0.0
         out[key] = dict(arch=arch, sms=SMS[arch], kernel=row["kernel"], flags=row["flags"], config=row["config"],
-                        case=("clip " if case.symmetric else "one-direction ") + case.teacher,
+                        case=("clip " if call.symmetric else "one-direction ") + teacher,
                         programs=launch.programs, ctas=row["ctas"], waves=waves, tail=tail)
     return sorted(out.values(), key=lambda r: (r["arch"], r["case"], r["kernel"], r["config"]))
 
@@ -354,30 +342,30 @@ def _demangle(name: str) -> str:
         return name
 
 
-_HEADER = (f"{'kernel':<8} {'arch':<6} {'dtype':<5} {'regs':>4} {'spill':>5} {'smem':>6} {'ctas':>4} "
+_HEADER = (f"{'kernel':<8} {'arch':<6} {'dtype':<8} {'regs':>4} {'spill':>5} {'smem':>6} {'ctas':>4} "
            f"{'dots':>5} {'loads':<6} {'uses':>5} flags  config  verdict")
 
 
 def _table_line(row: dict) -> str:
     if "error" in row:
-        return f"{row['kernel']:<8} sm_{row['arch']:<3} {row['dtype']:<5} FAIL: {row['error']}  ({row['example']})"
+        return f"{row['kernel']:<8} sm_{row['arch']:<3} {row['dtype']:<8} FAIL: {row['error']}  ({row['example']})"
     verdict = "FAIL: " + "; ".join(row["failures"]) + f" (e.g. {row['example']})" if row["failures"] else "ok"
     if row["notes"]:
         verdict += " (note: " + "; ".join(row["notes"]) + ")"
     loads = "async" if not row["sync_loads"] and row["async_loads"] else f"sync{row['sync_loads']}"
-    return (f"{row['kernel']:<8} sm_{row['arch']:<3} {row['dtype']:<5} {row['regs']:>4} {row['spill_bytes']:>5} "
+    return (f"{row['kernel']:<8} sm_{row['arch']:<3} {row['dtype']:<8} {row['regs']:>4} {row['spill_bytes']:>5} "
             f"{row['smem']:>6} {row['ctas']:>4} {row['tc_dots']:>2}/{row['dots']:<2} {loads:<6} {row['uses']:>5} "
             f"{row['flags']}  {row['config']}  {verdict}")
 
 
 def _waves_table(rows) -> str:
-    case = WAVES_CASE
-    lines = [f"\nWaves at B = {case['b']}, D = D' = {case['d']}, {case['dtype']}: each launch's programs against "
+    call = WAVES_CALL
+    lines = [f"\nWaves at B = {call['b']}, D = D' = {call['d']}, {call['dtype']}: each launch's programs against "
              f"CTAs per SM x SMs (A100 108, H100/H200 132, B200 148)",
-             f"{'arch':<6} {'case':<24} {'kernel':<8} {'programs':>8} {'ctas':>4} {'slots':>5} {'waves':>6} "
+             f"{'arch':<6} {'case':<38} {'kernel':<8} {'programs':>8} {'ctas':>4} {'slots':>5} {'waves':>6} "
              f"{'tail':>5}  flags  config"]
     for r in rows:
-        lines.append(f"sm_{r['arch']:<3} {r['case']:<24} {r['kernel']:<8} {r['programs']:>8} {r['ctas']:>4} "
+        lines.append(f"sm_{r['arch']:<3} {r['case']:<38} {r['kernel']:<8} {r['programs']:>8} {r['ctas']:>4} "
                      f"{r['ctas'] * r['sms']:>5} {r['waves']:>6.2f} {r['tail']:>5.0%}  {r['flags']}  {r['config']}")
     return "\n".join(lines)
 
@@ -391,7 +379,10 @@ def main(argv=None) -> int:
     parser.add_argument("--B", type=int, nargs="+", default=list(launches.BATCHES), help="batch sizes")
     parser.add_argument("--D", type=int, nargs="+", default=list(launches.DIMS),
                         help="embedding dims (D, and D' of a separate teacher)")
-    parser.add_argument("--teacher", nargs="+", choices=launches.TEACHERS, default=list(launches.TEACHERS))
+    parser.add_argument("--teacher", nargs="+", choices=TEACHER_CASES, default=list(TEACHER_CASES),
+                        help="the kernels' teacher cases")
+    parser.add_argument("--mode", nargs="+", choices=TEACHER_MODES, default=list(TEACHER_MODES),
+                        help="teacher modes (within_modality: the student's own embeddings as a separate teacher)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of the tables")
     parser.add_argument("--cpp", action="store_true", help="also report the C++ CUDA kernels of psd_kernels._C")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
@@ -406,7 +397,7 @@ def main(argv=None) -> int:
     else:
         print(_HEADER, flush=True)
         emit = lambda row: print(_table_line(row), flush=True)  # noqa: E731
-    rows, waves = run(args.arch, args.dtype, args.B, args.D, args.teacher, args.jobs, on_row=emit)
+    rows, waves = run(args.arch, args.dtype, args.B, args.D, args.teacher, args.mode, args.jobs, on_row=emit)
     if args.json:
         for r in waves:
             print(json.dumps(dict(r, table="waves")))
@@ -427,7 +418,7 @@ def main(argv=None) -> int:
     noted = sum(1 for r in rows if r.get("notes"))
     uses = sum(r["uses"] for r in rows)
     print(f"{len(rows)} Triton variants compiled (for {uses} recorded launches), {len(bad)} failing, "
-          f"{noted} with notes (fp32 spills or synchronous loads)", file=sys.stderr)
+          f"{noted} with notes (float32 spills or synchronous loads)", file=sys.stderr)
     return 1 if bad else 0
 
 

@@ -1,8 +1,8 @@
 """The Triton kernel launches the public API makes, recorded without a GPU.
 
-    launches = record(arch=90, sms=132, cases=cases("bf16"))
+    launches = record(arch=90, sms=132, calls_=calls("bfloat16"))
 
-Each case calls psd_kernels.psd_loss / psd_clip_loss (backend="triton") and its backward on
+Each Call runs psd_kernels.psd_loss / psd_clip_loss (backend="triton") and its backward on
 meta tensors: the host code of psd_kernels.backends.triton.launcher runs unchanged (shapes, strides, chunks,
 grids, column splits), while the launches themselves are intercepted. A meta tensor's
 data_ptr() is its byte offset, so a launch's pointers keep the alignment they have on a GPU
@@ -16,12 +16,16 @@ the symmetric loss with a teacher of statistics of its own, the one forward swee
 partials and the gradient tiles with the cross terms, CROSS, formed in the forward). "sum"
 launches exactly what "mean" does (only the host-side weight differs), so it is not recorded.
 Products whose output tiles are too few for the SMs split K over a third grid axis; the host
-decides that from the recorded device's SM count, so the recording sees it. The symmetric cases
-are recorded once more under PSD_TRITON_COLUMN_STATS=sweep (the launcher's switch to a second
+decides that from the recorded device's SM count, so the recording sees it. The symmetric calls
+are recorded once more under PSD_TRITON_COLUMN_STATS=second_pass (the launcher's switch to a second
 forward sweep instead of column partials; the variable is restored after each call): a self
-teacher then launches the forward with LABELS_DIAG=1, COL_STATS=0, TEACHER=0, which no other case
-does. Launches that several cases make specialise identically; psd_kernels.compile_check compiles
-each specialisation once.
+teacher then launches the forward with LABELS_DIAG=1, COL_STATS=0, TEACHER=0, which no other call
+does. Launches that several calls make specialise identically; psd_kernels.tools.compile_check
+compiles each specialisation once.
+
+A Call names its teacher by the kernel's teacher case and the teacher mode
+(psd_kernels.vocabulary): the within-modality call passes no teacher, so the assembly gives each
+direction the student's own embeddings of the other side as a separate teacher (D' = D).
 
 For an autotuned kernel every config its prune function keeps is recorded (the autotuner
 could pick any of them). Each launch is then specialised with Triton's own binder for the
@@ -39,34 +43,37 @@ import os
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from psd_kernels.backends.triton.launcher import COLUMN_STATS
+from psd_kernels.vocabulary import DTYPES, TEACHER_CASES, TEACHER_MODES
+
 BATCHES = (1000, 4097, 32768, 65536)
 DIMS = (64, 100, 256, 500, 512, 768, 1024, 1152, 1280, 1536)
-TEACHERS = ("self", "self_scaled", "separate", "within_modality")
-# PSD_TRITON_COLUMN_STATS: "partials" (the launcher's default) and "sweep" (a second forward sweep
-# instead of column partials). The launcher reads the switch for the symmetric loss only.
-COLUMN_STATS = ("partials", "sweep")
+# The teacher case of a within-modality call (module docstring).
+WITHIN_MODALITY_CASE = "separate"
 
 
 @dataclasses.dataclass(frozen=True)
-class Case:
-    """One call of the public API: the symmetric loss (clip) or one direction, B rows and columns."""
+class Call:
+    """One call of the public API and its backward, as recorded: the symmetric loss (clip) or one
+    direction, B rows and columns."""
 
-    dtype: str
+    dtype: str                   # a psd_kernels.vocabulary.DTYPES name the Triton kernels take
     b: int
     d: int
-    teacher: str                 # self, self_scaled, separate (teacher width dt) or within_modality
+    teacher: str                 # the kernel's teacher case: self, self_scaled or separate (width dt)
     dt: int = 0
     symmetric: bool = True
     offset: bool = False         # inputs that start 2 bytes into an allocation (not 16-byte aligned)
     reduction: str = "none"      # "none" (per-row upstream gradients) or "mean" (the fused path; "sum" launches the same)
-    column_stats: str = "partials"  # PSD_TRITON_COLUMN_STATS during the call
+    column_stats: str = COLUMN_STATS[0]  # PSD_TRITON_COLUMN_STATS during the call
+    mode: str = TEACHER_MODES[0]  # the teacher mode: cross, or within_modality (teacher "separate", dt = d)
 
     def __str__(self):
         width = f"D={self.d}" + (f" D'={self.dt}" if self.teacher == "separate" else "")
         return (f"{'clip' if self.symmetric else 'one-direction'} B={self.b} {width} {self.teacher} {self.dtype}"
+                + (f" {self.mode}" if self.mode != TEACHER_MODES[0] else "")
                 + (" offset" if self.offset else "") + (f" {self.reduction}" if self.reduction != "none" else "")
-                + (f" COLUMN_STATS={self.column_stats}" if self.column_stats != "partials" else ""))
+                + (f" COLUMN_STATS={self.column_stats}" if self.column_stats != COLUMN_STATS[0] else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,26 +108,35 @@ class Launch:
         return dict(self.options)[name]
 
 
-def cases(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHERS) -> list:
-    """The matrix for one dtype: every B, D and teacher case, symmetric and one-direction, aligned
-    and offset inputs, reductions "none" and "mean"; a separate teacher at D' = D and, at D = 512,
-    at every other D'. The symmetric cases once more under PSD_TRITON_COLUMN_STATS=sweep (two
-    forward sweeps without column partials; "mean" then launches what "none" does); the
-    one-direction loss does not read the switch."""
+def _teachers(teachers, modes) -> list:
+    """(teacher case, mode) pairs: each case in the cross mode, and the within-modality call where
+    its teacher case is among `teachers`."""
+    pairs = [(teacher, "cross") for teacher in teachers] if "cross" in modes else []
+    if "within_modality" in modes and WITHIN_MODALITY_CASE in teachers:
+        pairs.append((WITHIN_MODALITY_CASE, "within_modality"))
+    return pairs
+
+
+def calls(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHER_CASES, modes=TEACHER_MODES) -> list:
+    """The matrix for one dtype: every B, D, teacher case and mode, symmetric and one-direction,
+    aligned and offset inputs, reductions "none" and "mean"; a separate teacher at D' = D and, at
+    D = 512, at every other D' (the within-modality teacher at D' = D only). The symmetric calls
+    once more under PSD_TRITON_COLUMN_STATS=second_pass (two forward sweeps without column
+    partials; "mean" then launches what "none" does); the one-direction loss does not read the switch."""
     out = []
     for b in batches:
         for d in dims:
-            for teacher in teachers:
+            for teacher, mode in _teachers(teachers, modes):
                 widths = [0]
                 if teacher == "separate":
-                    widths = [d] + ([dt for dt in dims if dt != d] if d == 512 else [])
+                    widths = [d] + ([dt for dt in dims if dt != d] if d == 512 and mode == "cross" else [])
                 for dt in widths:
                     for symmetric in (True, False):
                         for offset in (False, True):
                             for reduction in ("none", "mean"):
                                 for column_stats in COLUMN_STATS if symmetric else COLUMN_STATS[:1]:
-                                    out.append(Case(dtype, b, d, teacher, dt, symmetric, offset, reduction,
-                                                    column_stats))
+                                    out.append(Call(dtype, b, d, teacher, dt, symmetric, offset, reduction,
+                                                    column_stats, mode))
     return out
 
 
@@ -132,10 +148,10 @@ def _meta(rows: int, cols: int, dtype, offset: bool, requires_grad: bool) -> tor
 
 
 @contextlib.contextmanager
-def _column_stats(mode: str):
-    """PSD_TRITON_COLUMN_STATS=mode for the duration (the environment is restored afterwards)."""
+def _column_stats(value: str):
+    """PSD_TRITON_COLUMN_STATS=value for the duration (the environment is restored afterwards)."""
     saved = os.environ.get("PSD_TRITON_COLUMN_STATS")
-    os.environ["PSD_TRITON_COLUMN_STATS"] = mode
+    os.environ["PSD_TRITON_COLUMN_STATS"] = value
     try:
         yield
     finally:
@@ -145,34 +161,35 @@ def _column_stats(mode: str):
             os.environ["PSD_TRITON_COLUMN_STATS"] = saved
 
 
-def run_case(case: Case) -> None:
-    """The public call of `case` and its backward under its PSD_TRITON_COLUMN_STATS (every launch
-    goes to the active recording)."""
-    with _column_stats(case.column_stats):
-        _run_case(case)
+def run_call(call: Call) -> None:
+    """`call` and its backward under its PSD_TRITON_COLUMN_STATS (every launch goes to the active
+    recording)."""
+    with _column_stats(call.column_stats):
+        _run_call(call)
 
 
-def _run_case(case: Case) -> None:
+def _run_call(call: Call) -> None:
     import psd_kernels
-    dtype = DTYPES[case.dtype]
-    x, y = (_meta(case.b, case.d, dtype, case.offset, True) for _ in range(2))
+    dtype = DTYPES[call.dtype]
+    x, y = (_meta(call.b, call.d, dtype, call.offset, True) for _ in range(2))
     kwargs = {}
-    if case.teacher == "self_scaled":
-        kwargs["teacher_scale"] = 7.5
-    if case.teacher == "separate":
-        tx, ty = (_meta(case.b, case.dt, dtype, case.offset, False) for _ in range(2))
-        kwargs.update(teacher_scale=12.0, **dict(zip(("teacher_image", "teacher_text") if case.symmetric
-                                                     else ("teacher_x", "teacher_y"), (tx, ty))))
     scale = torch.tensor(20.0, device="meta").requires_grad_()
-    if case.symmetric:
-        if case.teacher == "within_modality":
+    if call.mode == "within_modality":  # the student's own embeddings of the other side: no teacher passed
+        if call.symmetric:
             kwargs["teacher_mode"] = "within_modality"
-        loss = psd_kernels.psd_clip_loss(x, y, scale, alpha_image=0.3, reduction=case.reduction, backend="triton",
+        else:  # as the assembly's image rows: caption-caption targets
+            kwargs.update(teacher_x=y.detach(), teacher_y=y.detach())
+    elif call.teacher == "self_scaled":
+        kwargs["teacher_scale"] = 7.5
+    elif call.teacher == "separate":
+        tx, ty = (_meta(call.b, call.dt, dtype, call.offset, False) for _ in range(2))
+        kwargs.update(teacher_scale=12.0, **dict(zip(("teacher_image", "teacher_text") if call.symmetric
+                                                     else ("teacher_x", "teacher_y"), (tx, ty))))
+    if call.symmetric:
+        loss = psd_kernels.psd_clip_loss(x, y, scale, alpha_image=0.3, reduction=call.reduction, backend="triton",
                                          **kwargs)
     else:
-        if case.teacher == "within_modality":  # as the assembly's image rows: caption-caption targets
-            kwargs.update(teacher_x=y.detach(), teacher_y=y.detach())
-        loss = psd_kernels.psd_loss(x, y, scale, alpha=0.3, reduction=case.reduction, backend="triton", **kwargs)
+        loss = psd_kernels.psd_loss(x, y, scale, alpha=0.3, reduction=call.reduction, backend="triton", **kwargs)
     loss.sum().backward()
 
 
@@ -251,8 +268,8 @@ def _recording(arch: int, sms: int, sink):
             setattr(owner, name, old)
 
 
-def record(arch: int, sms: int, cases_) -> list:
-    """[(case, Launch), ...] for every launch each case makes on sm_<arch> with `sms` SMs."""
+def record(arch: int, sms: int, calls_) -> list:
+    """[(call, Launch), ...] for every launch each call makes on sm_<arch> with `sms` SMs."""
     binders = _Binders()
     out, current = [], []
 
@@ -260,7 +277,7 @@ def record(arch: int, sms: int, cases_) -> list:
         out.append((current[-1], binders.specialise(fn, arch, args, kwargs, grid)))
 
     with _recording(arch, sms, sink):
-        for case in cases_:
-            current.append(case)
-            run_case(case)
+        for call in calls_:
+            current.append(call)
+            run_call(call)
     return out

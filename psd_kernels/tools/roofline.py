@@ -9,7 +9,7 @@ with a separate teacher of width D' = D; B = 1,048,576, D = 512, self_scaled), e
 HBM bytes it moves, and the predicted time = max(compute time, memory time), with
 the bound that sets it. bf16 inputs (the GPU benchmark's dtype).
 
-FLOPs. Useful work, as benchmarks/device_check.py counts it: 6 B^2 D + 2 B^2 D'
+FLOPs. Useful work, as Case.flops counts it (the benchmarks measure the same Case): 6 B^2 D + 2 B^2 D'
 (forward: 2 B^2 D for the student dot products both directions share, + 2 B^2 D' for
 a separate teacher's; backward: the two gradient products, 4 B^2 D). A self teacher
 (the student's own detached embeddings, at its scale or another) adds no product:
@@ -61,13 +61,14 @@ vectors of O(B) floats left out except where a launch sweeps them per block.
 
 Waves (psd-triton): each launch runs its programs in ceil(P / slots) waves on slots = SMs x
 CTAs per SM, the CTAs per SM following from the registers and shared memory of the config the
-launcher runs first (python -m psd_kernels.tools.compile_check, sm_90, bf16); its compute time is
+launcher runs first (python -m psd_kernels.tools.compile_check --arch 90 --dtype bfloat16), by
+ctas_per_sm, the occupancy formula the compile check applies too; its compute time is
 divided by the grid's efficiency (psd_kernels.backends.triton.grid: work / (slots x waves x longest program)).
 psd-cpp's cuBLAS GEMMs are taken at the peak rate.
 
 Peak rates and bandwidths are NVIDIA's datasheet figures (dense, no sparsity); what
 a GPU reaches is lower (benchmarks/device_check.py measures bf16 torch.mm in the same
-run as the losses).
+run as the losses: benchmarks/device_stages/peak.py).
 """
 from __future__ import annotations
 
@@ -75,10 +76,13 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 from psd_kernels.backends.triton.grid import balanced_grid, group_split_efficiency, wave_efficiency
+from psd_kernels.vocabulary import DTYPES, NO_TEACHER, TEACHER_CASES
+
+TEACHERS = (NO_TEACHER,) + TEACHER_CASES   # what a Case's teacher may be
 
 BF16_BYTES = 2
 FP32_BYTES = 4
@@ -106,29 +110,65 @@ H200 = GPU("H200", bf16_tensor=989.4e12, tf32_tensor=494.7e12, fp32=66.9e12, hbm
 GPUS = (H100_SXM, H200)
 
 
+FLOP_FORMULA = ("useful FLOPs, recomputation not counted: forward = 2*B^2*D (one student product "
+                "shared by both directions) + 2*B^2*D' (separate teacher only); backward = 4*B^2*D "
+                "(dL/dimage and dL/dtext); full = 6*B^2*D + 2*B^2*D'")
+
+
 @dataclass(frozen=True)
 class Case:
-    name: str
+    """The symmetric loss on B x D embeddings with a teacher: the case this roofline predicts and
+    benchmarks/ measures (benchmarks/providers.py, benchmarks/device_check.py)."""
+
     batch: int
     dim: int
-    teacher: str = "self_scaled"  # "self_scaled": no teacher product; "separate": a teacher of width teacher_dim
-    teacher_dim: int = 0
+    teacher: str = NO_TEACHER     # NO_TEACHER (alpha = 0) or a teacher case (psd_kernels.vocabulary)
+    dtype: str = "float32"        # a psd_kernels.vocabulary.DTYPES name
+    teacher_dim: int = 0          # D' of a separate teacher; 0 means D
+
+    def __post_init__(self):
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.batch < 1 or self.dim < 1:
+            raise ValueError(f"batch and dim must be >= 1, got {self.batch} and {self.dim}")
 
     @property
     def d_teacher(self) -> int:
-        """D' of the products a teacher adds: 0 for a self teacher."""
-        return self.teacher_dim if self.teacher == "separate" else 0
+        """D' of the products a teacher adds: 0 for no teacher and for a self teacher (its logits are
+        a multiple of the student's)."""
+        return (self.teacher_dim or self.dim) if self.teacher == "separate" else 0
+
+    @property
+    def name(self) -> str:
+        teacher = "no teacher" if self.teacher == NO_TEACHER else f"{self.teacher} teacher"
+        return f"B={self.batch} D={self.dim} {teacher}" + (f" D'={self.d_teacher}" if self.d_teacher else "")
+
+    @property
+    def alpha(self) -> float:
+        """The benchmarks' alpha: 0 without a teacher (plain CLIP), else 0.5 on every row."""
+        return 0.0 if self.teacher == NO_TEACHER else 0.5
+
+    def config(self) -> dict:
+        """The case's identity without the batch size (the x axis of a benchmark row)."""
+        out = asdict(self)
+        del out["batch"]
+        out["teacher_dim"] = self.d_teacher
+        out["alpha"] = self.alpha
+        return out
+
+    def flops(self, mode: str = "full") -> float:
+        """Useful FLOPs (FLOP_FORMULA): forward 2 B^2 (D + D'), backward's two gradient products 4 B^2 D."""
+        b2 = float(self.batch) ** 2
+        forward = 2 * b2 * self.dim + 2 * b2 * self.d_teacher
+        backward = 4 * b2 * self.dim
+        return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
 
 
-CASES = (Case("B=32768 D=512 self_scaled teacher", 32768, 512),
-         Case("B=32768 D=512 separate teacher D'=512", 32768, 512, "separate", 512),
-         Case("B=1048576 D=512 self_scaled teacher", 1 << 20, 512))
-
-
-def useful_flops(case: Case) -> float:
-    """6 B^2 D + 2 B^2 D': forward 2 B^2 (D + D'), backward's two gradient products 4 B^2 D."""
-    b2 = float(case.batch) ** 2
-    return 6 * b2 * case.dim + 2 * b2 * case.d_teacher
+CASES = (Case(32768, 512, "self_scaled", "bfloat16"),
+         Case(32768, 512, "separate", "bfloat16", 512),
+         Case(1 << 20, 512, "self_scaled", "bfloat16"))
 
 
 def triton_forward_sweeps(case: Case, reduction: str = "mean") -> int:
@@ -161,19 +201,34 @@ TRITON_KERNELS = {
     "gemm": (128, 128, 8, 112, 99328),      # dx chunk (112), and the first chunk's dy (104)
     "gemm_acc": (64, 128, 4, 160, 99328),   # dy += s G^T x_chunk
 }
-SM_REGISTERS = 65536
-SM_SHARED = 228 * 1024        # H100/H200: 228 KB per SM, 1 KB of it reserved per CTA
-SM_WARPS = 64
+# Per SM, by arch (sm_80: A100, sm_90: H100 / H200, sm_100: B200): shared memory (1 KiB of it
+# reserved per CTA), registers, warps and CTAs it holds.
+SMEM_PER_SM = {80: 164 * 1024, 90: 228 * 1024, 100: 228 * 1024}
+SMEM_RESERVED = 1024
+REGS_PER_SM, MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 65536, 64, 32
 
 
-def ctas_per_sm(warps: int, registers: int, shared: int) -> int:
-    """Resident CTAs per SM: registers (allocated per warp in units of 256), shared memory, warps."""
-    per_warp = math.ceil(registers * 32 / 256) * 256
-    return max(1, min(SM_REGISTERS // (per_warp * warps), SM_SHARED // (shared + 1024), SM_WARPS // warps))
+def ctas_per_sm(arch: int, regs: int, smem: int, num_warps: int) -> int:
+    """CTAs one SM of sm_<arch> holds: registers (allocated per warp in units of 256), shared memory
+    (plus the 1 KiB reserved per block), warps and the CTA limit. The one occupancy formula: the
+    compile check applies it to what ptxas reports, the roofline to TRITON_KERNELS."""
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
+    by_regs = (REGS_PER_SM // regs_per_warp) // num_warps
+    by_smem = SMEM_PER_SM[arch] // (smem + SMEM_RESERVED)
+    return min(by_regs, by_smem, MAX_WARPS_PER_SM // num_warps, MAX_CTAS_PER_SM)
+
+
+def kernel_ctas(kernel: str) -> int:
+    """CTAs per SM of a TRITON_KERNELS entry on sm_90."""
+    _, _, warps, regs, smem = TRITON_KERNELS[kernel]
+    return ctas_per_sm(90, regs, smem, warps)
 
 
 @dataclass(frozen=True)
-class Launch:
+class PredictedLaunches:
+    """`count` launches of one kernel as the roofline models them (not a recorded launch:
+    psd_kernels.tools.launches.Launch is what triton.compile receives)."""
+
     kernel: str        # a key of TRITON_KERNELS
     count: int         # how many such launches (one per G chunk, ...)
     flops: float       # per launch
@@ -182,8 +237,7 @@ class Launch:
 
     @property
     def ctas(self) -> int:
-        _, _, warps, regs, smem = TRITON_KERNELS[self.kernel]
-        return ctas_per_sm(warps, regs, smem)
+        return kernel_ctas(self.kernel)
 
 
 def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
@@ -192,9 +246,9 @@ def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
     cd = math.ceil
 
     def launch(kernel, count, flops, programs, efficiency=None):
-        slots = gpu.sms * ctas_per_sm(*TRITON_KERNELS[kernel][2:])
+        slots = gpu.sms * kernel_ctas(kernel)
         eff = wave_efficiency(programs, slots) if efficiency is None else efficiency(slots)
-        return Launch(kernel, count, flops, programs, eff)
+        return PredictedLaunches(kernel, count, flops, programs, eff)
 
     if triton_forward_sweeps(case, reduction) == 1:
         groups, splits = balanced_grid(cd(b / 128), cd(b / 32), gpu.sms)
@@ -355,12 +409,12 @@ def predict(case: Case, backend: Backend, gpu: GPU) -> dict:
     predicted = max(compute_s, memory_s)
     return {"case": case.name, "B": case.batch, "D": case.dim, "teacher": case.teacher, "D_teacher": case.d_teacher,
             "gpu": gpu.name, "backend": backend.name, "precision": backend.precision,
-            "useful_flops": useful_flops(case), "executed_flops": executed,
-            "useful_share": useful_flops(case) / executed, "hbm_bytes": moved,
+            "useful_flops": case.flops(), "executed_flops": executed,
+            "useful_share": case.flops() / executed, "hbm_bytes": moved,
             "peak_flops_per_s": rate, "hbm_bytes_per_s": gpu.hbm,
             "compute_ms": 1e3 * compute_s, "memory_ms": 1e3 * memory_s, "predicted_ms": 1e3 * predicted,
             "bound": "compute" if compute_s >= memory_s else "memory",
-            "useful_tflops_per_s": useful_flops(case) / predicted / 1e12}
+            "useful_tflops_per_s": case.flops() / predicted / 1e12}
 
 
 def rows(cases=CASES, backends=BACKENDS, gpus=GPUS) -> list[dict]:
@@ -399,7 +453,7 @@ def launch_table(cases, gpu: GPU) -> str:
         for reduction in ("mean", "none"):
             executed = triton_flops(case, reduction)
             for i, x in enumerate(triton_launches(case, gpu, reduction)):
-                share = f"{100 * useful_flops(case) / executed:.0f}%"
+                share = f"{100 * case.flops() / executed:.0f}%"
                 first = (f"{executed / unit:.3g}", share) if i == 0 else ("", "")
                 lines.append(f"| {case.name if i == 0 else ''} | {reduction if i == 0 else ''} | {first[0]} | "
                              f"{first[1]} | {x.kernel} | {x.count} | {x.programs} | {x.ctas} | "

@@ -89,7 +89,7 @@ _ARCH_SPILLS = (
     # no headroom); it runs 64 x 32 on 8 warps
     (100, "fwd", dict(COL_STATS=True), (128, 32)),
     (100, "fwd", dict(COL_STATS=True), (64, 32, 4)),
-    # the symmetric loss's second sweep (PSD_TRITON_COLUMN_STATS=sweep): at B a multiple of 16 ptxas
+    # the symmetric loss's second sweep (PSD_TRITON_COLUMN_STATS=second_pass): at B a multiple of 16 ptxas
     # holds the 64-row tiles to 128 / 168 registers and spills 8 / 16 bytes; 128 x 64 stays spill-free
     (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 32)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 64)),

@@ -7,7 +7,7 @@ Forward: one sweep over column tiles per row block (split over columns when
 there are few row blocks), writing per-row partial statistics that are merged
 here. The symmetric loss with a self teacher at the student's scale uses the same
 sweep for both directions: each program owns a row group and a column split and also
-folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=sweep instead
+folds its tiles into per-(group, column) partials (PSD_TRITON_COLUMN_STATS=second_pass instead
 runs a second sweep with the roles swapped; both are timed by benchmarks/device_check.py);
 the grid (row groups x column splits) comes from psd_kernels.backends.triton.grid.balanced_grid.
 A teacher with statistics of its own (another scale, separate embeddings):
@@ -56,6 +56,8 @@ from psd_kernels.backends.triton import kernels as K
 from psd_kernels.backends.triton.grid import balanced_grid
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The values of PSD_TRITON_COLUMN_STATS (_column_stats_mode), the default first.
+COLUMN_STATS = ("partials", "second_pass")
 # Largest G chunk of the backward (rows x columns x element size); interpreted tests use
 # a tiny one so that several chunks, and the accumulation of dy over them, are exercised.
 _GRAD_CHUNK_BYTES = 2048 if K.INTERPRET else 1 << 30
@@ -156,10 +158,10 @@ def _groups(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
 
 def _column_stats_mode() -> str:
     """PSD_TRITON_COLUMN_STATS: "partials" (default: one sweep, per-group column partials
-    merged here) or "sweep" (a second sweep with the roles swapped; for measurements)."""
+    merged here) or "second_pass" (a second sweep with the roles swapped; for measurements)."""
     mode = os.environ.get("PSD_TRITON_COLUMN_STATS", "partials")
-    if mode not in ("partials", "sweep"):
-        raise ValueError(f"PSD_TRITON_COLUMN_STATS must be 'partials' or 'sweep', got {mode!r}")
+    if mode not in COLUMN_STATS:
+        raise ValueError(f"PSD_TRITON_COLUMN_STATS must be one of {COLUMN_STATS}, got {mode!r}")
     return mode
 
 
