@@ -209,7 +209,7 @@ class _Binders:
             self._cache[key] = backend, create_function_from_signature(fn.signature, fn.params, backend)
         backend, binder = self._cache[key]
         bound_args, specialization, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+        options, signature, constexprs, attrs = _pack(fn, backend, kwargs, bound_args, specialization, options)
         names = fn.arg_names
         if callable(grid):
             grid = grid(bound_args)
@@ -220,6 +220,24 @@ class _Binders:
             attrs=tuple(names[path[0]] for path, value in sorted(attrs.items()) if ["tt.divisibility", 16] in value),
             options=tuple(sorted((k, v) for k, v in options.__dict__.items() if _hashable(v))),
             programs=math.prod(grid))
+
+
+def _pack(fn, backend, kwargs, bound_args, specialization, options):
+    """(options, signature, constexprs, attrs) of a bound launch, as JITFunction.run hands them to
+    the compiler: its _pack_args where Triton has it (3.6 and newer), else the same steps, which
+    Triton 3.4 and 3.5 write inline in run()."""
+    if hasattr(fn, "_pack_args"):
+        return fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    from triton._utils import find_paths_if, get_iterable_path
+    options = backend.parse_options(kwargs)
+    sigvals = [x[0] for x in specialization]
+    signature = {param.name: value for param, value in zip(fn.params, sigvals)}
+    constexprs = find_paths_if(sigvals, lambda _, val: val == "constexpr")
+    constexprs = {path: get_iterable_path(list(bound_args.values()), path) for path in constexprs}
+    attrvals = [x[1] for x in specialization]
+    attrs = find_paths_if(attrvals, lambda _, x: isinstance(x, str))
+    attrs = {k: backend.parse_attr(get_iterable_path(attrvals, k)) for k in attrs}
+    return options, signature, constexprs, attrs
 
 
 def _hashable(value) -> bool:

@@ -79,6 +79,8 @@ GEMM_CONFIGS = _configs(((128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64,
 
 _ARCH_CACHE: dict = {}
 
+TRITON_RELEASE = tuple(int(part) for part in triton.__version__.split(".")[:2])
+
 # Configs that psd_kernels.tools.compile_check saw spill on one arch only (with Triton's ptxas flags),
 # as (arch, kernel, constexprs that must match, (BLOCK_M, BLOCK_N) or (BLOCK_M, BLOCK_N, num_warps));
 # the prune functions drop them there.
@@ -94,7 +96,8 @@ _ARCH_SPILLS = (
     (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 32)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF, LABELS_DIAG=True, COL_STATS=False), (64, 64)),
     (100, "fwd", dict(TEACHER=TEACHER_SELF_SCALED, COL_STATS=False), (64, 32)),
-    (90, "fwd", dict(TEACHER=TEACHER_SEPARATE, COL_STATS=True), (128, 32)),  # 16 bytes with Triton 3.9.0
+    # 16 bytes with Triton 3.9.0; before Triton 3.6 this launch does not run (one_sweep_spills)
+    (90, "fwd", dict(TEACHER=TEACHER_SEPARATE, COL_STATS=True), (128, 32)),
     (100, "grad", dict(CROSS=True), (128, 64)),
     (100, "grad", dict(CROSS=True), (64, 64)),
     (100, "gemm", dict(ACCUMULATE=True), (64, 128)),
@@ -114,6 +117,14 @@ def _arch(operand) -> int:
         major, minor = torch.cuda.get_device_capability(index)
         _ARCH_CACHE[index] = 10 * major + minor
     return _ARCH_CACHE[index]
+
+
+def one_sweep_spills(operand, teacher: int) -> bool:
+    """Whether the symmetric one sweep (COL_STATS) would spill on this launch's GPU: with a separate
+    teacher on sm_90, Triton 3.4.0 (torch 2.8's) spills in every tile the sweep keeps (128 x 32 on 8
+    warps 8 bytes per thread, 64 x 32 on 4 warps 8 / 16 bytes); 3.6.0 and 3.8.0 do not (3.5 is
+    not checked). The launcher then takes the column statistics by a second pass."""
+    return teacher == TEACHER_SEPARATE.value and TRITON_RELEASE < (3, 6) and _arch(operand) == 90
 
 
 def _drop_arch_spills(kernel, configs, named_args, kwargs):

@@ -444,7 +444,8 @@ def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_imag
     (_ClipWeightedFunction); otherwise the sum of clip_rows."""
     teacher, ti, tt, ts = _teacher_args(teacher_image, teacher_text, teacher_scale)
     needs = tuple(torch.is_grad_enabled() and t.requires_grad for t in (image, text, scale))
-    if teacher == K.TEACHER_SELF.value or not any(needs) or _column_stats_mode() != "partials":
+    if teacher == K.TEACHER_SELF.value or not any(needs) or _column_stats_mode() != "partials" \
+            or K.one_sweep_spills(image, teacher):
         return weight * clip_rows(image, text, scale, alpha_image, alpha_text, teacher_image, teacher_text,
                                   teacher_scale).sum()
     return _ClipWeightedFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
