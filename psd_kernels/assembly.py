@@ -8,7 +8,8 @@ differentiable in the student's rows, columns and scale and never in the teacher
 module chooses the teacher of each direction, calls the backend, and reduces
 (one_direction, clip_loss; symmetric_inputs / symmetric_loss take the public symmetric
 arguments through validation and the backend registry, for psd_clip_loss and the
-distributed loss alike):
+distributed loss alike; siglip_inputs / siglip_loss / siglip_batch_loss do the same for the
+sigmoid loss, whose rows are this process's images and whose columns are texts):
 
     one direction:  "none" -> (l_i)_i,  "sum" -> sum_i l_i,  "mean" -> sum_i l_i / M
     symmetric:      image rows against text columns and text rows against image columns,
@@ -118,8 +119,8 @@ def clip_loss(module, image, text, scale, alpha_image, alpha_text, teacher_image
     return torch.stack((image_part, text_part)) if weight is None else image_part + text_part
 
 
-def _with_backend(args: dict, embeddings: torch.Tensor, backend: str):
-    return args, resolve_backend(backend, embeddings.device, embeddings.dtype)
+def _with_backend(args: dict, embeddings: torch.Tensor, backend: str, op: str = "psd_rows"):
+    return args, resolve_backend(backend, embeddings.device, embeddings.dtype, op)
 
 
 def one_direction_inputs(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha, labels, offset, reduction,
@@ -149,3 +150,41 @@ def symmetric_loss(image_features, text_features, logit_scale, teacher_image, te
                                     teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
                                     check_finite)
     return clip_loss(module, **args, teacher_mode=teacher_mode)
+
+
+# -- the sigmoid (SigLIP) loss (docs/siglip_loss.md) ---------------------------------------------
+def siglip_inputs(image_features, text_features, logit_scale, logit_bias, teacher_image, teacher_text,
+                  teacher_scale, teacher_bias, alpha_image, alpha_text, reduction, backend, check_finite):
+    """The sigmoid loss's arguments checked and normalised (psd_kernels.validation.siglip) and the
+    backend that runs them: (args, module). Raises on invalid inputs or a missing backend."""
+    args = validation.siglip(image_features, text_features, logit_scale, logit_bias, teacher_image, teacher_text,
+                             teacher_scale, teacher_bias, alpha_image, alpha_text, reduction, check_finite)
+    return _with_backend(args, args["image"], backend, "siglip_rows")
+
+
+def siglip_loss(module, image, text, scale, bias, alpha_image, alpha_text, teacher_image, teacher_text,
+                teacher_scale, teacher_bias, reduction, soft_rows, columns=None, offset=0, n_mean=None):
+    """The sigmoid loss of b image rows against the text columns, positives at offset + i.
+
+    columns: None (the rows' own texts), or (text, teacher text, alpha_text) of all N pairs the
+    rows are scored against (teacher text None without a separate teacher); n_mean: the divisor
+    of "mean" (default b, open_clip's local batch). "none": the (b,) per-image-row sums.
+    """
+    if not soft_rows:  # every target is one-hot: the teacher is never read
+        teacher_image = teacher_text = teacher_scale = teacher_bias = None
+    all_text, all_teacher_text, all_alpha_text = columns or (text, teacher_text, alpha_text)
+    b = image.shape[0]
+    labels = torch.arange(offset, offset + b, device=image.device)
+    return _reduced(module.siglip_rows, getattr(module, "siglip_weighted_loss", None),
+                    (image, all_text, scale, bias, alpha_image, all_alpha_text, labels, teacher_image,
+                     all_teacher_text, teacher_scale, teacher_bias), _weight(reduction, n_mean or b))
+
+
+def siglip_batch_loss(image_features, text_features, logit_scale, logit_bias, teacher_image, teacher_text,
+                      teacher_scale, teacher_bias, alpha_image, alpha_text, reduction, backend, check_finite):
+    """The sigmoid loss of one process's batch from the public arguments: psd_siglip_loss, and
+    psd_siglip_loss_distributed and PSDSigLipLoss with one process."""
+    args, module = siglip_inputs(image_features, text_features, logit_scale, logit_bias, teacher_image,
+                                 teacher_text, teacher_scale, teacher_bias, alpha_image, alpha_text, reduction,
+                                 backend, check_finite)
+    return siglip_loss(module, **args)

@@ -270,3 +270,55 @@ def clip_loss_in_group(image_features, text_features, logit_scale, teacher_image
     alpha_i, alpha_t = all_gather_rows([args["alpha_image"], args["alpha_text"]], layout, process_group)
     return assembly.clip_loss(module, all_image, all_text, alpha_image=alpha_i, alpha_text=alpha_t,
                               teacher_image=all_t_image, teacher_text=all_t_text, **common)
+
+
+# -- the sigmoid (SigLIP) loss across ranks (docs/siglip_loss.md) ---------------------------------
+def psd_siglip_loss_distributed(image_features, text_features, logit_scale, logit_bias=None, *,
+                                teacher_image=None, teacher_text=None, teacher_scale=None, teacher_bias=None,
+                                alpha_image=0.0, alpha_text=None, process_group=None, reduction="mean",
+                                backend="auto", check_finite=False) -> torch.Tensor:
+    """Sigmoid loss of this rank's images against every rank's texts (open_clip's SigLipLoss).
+
+    Rows are this rank's b_r images, columns the N gathered texts, positives c_i = o_r + i.
+    The texts are all-gathered with gradient (the backward reduce-scatters: rank k's texts get
+    the sum over ranks of their gradient, as open_clip's neighbour exchanges give them), teacher
+    texts and the texts' alphas without. "mean" divides this rank's sum by N / W: with equal
+    b_r that is open_clip's division by the local batch, and with unequal b_r the mean over
+    ranks stays the single-process loss of the whole batch. Arguments are psd_siglip_loss's
+    plus process_group (None: the default group). Without torch.distributed it is
+    psd_siglip_loss on this batch. Every rank must call it with the same options and dims.
+    """
+    rank, world = group_rank_size(process_group)
+    if world == 1:
+        return assembly.siglip_batch_loss(image_features, text_features, logit_scale, logit_bias, teacher_image,
+                                          teacher_text, teacher_scale, teacher_bias, alpha_image, alpha_text,
+                                          reduction, backend, check_finite)
+    return siglip_loss_in_group(image_features, text_features, logit_scale, logit_bias, teacher_image, teacher_text,
+                                teacher_scale, teacher_bias, alpha_image, alpha_text, process_group, rank, world,
+                                reduction, backend, check_finite)
+
+
+def siglip_loss_in_group(image_features, text_features, logit_scale, logit_bias, teacher_image, teacher_text,
+                         teacher_scale, teacher_bias, alpha_image, alpha_text, process_group, rank, world,
+                         reduction="mean", backend="auto", check_finite=False) -> torch.Tensor:
+    """psd_siglip_loss_distributed for this process as `rank` of `world` > 1 in `process_group`.
+    Memory beyond the inputs: the gathered N x D texts (and their gradient), N x D' teacher texts
+    when a row is soft, O(N) scalars; a fused backend keeps no b_r x N buffer."""
+    args, module, error = None, None, None
+    try:
+        args, module = assembly.siglip_inputs(image_features, text_features, logit_scale, logit_bias, teacher_image,
+                                              teacher_text, teacher_scale, teacher_bias, alpha_image, alpha_text,
+                                              reduction, backend, check_finite)
+    except Exception as exc:  # re-raised after the handshake, so no peer waits in a collective
+        error = exc
+    layout, soft_rows = _handshake(args, error, rank, world, process_group, True, True, "cross")
+    (all_text,) = gather_features([args["text"]], layout, process_group, gather_with_grad=True, local_loss=True)
+    if soft_rows:
+        gathered = [args["alpha_text"]] + ([] if args["teacher_text"] is None else [args["teacher_text"]])
+        all_alpha_text, *rest = all_gather_rows(gathered, layout, process_group)
+        all_teacher_text = rest[0] if rest else None
+    else:
+        all_alpha_text, all_teacher_text = args["alpha_text"].new_zeros(layout.total), None
+    args.update(soft_rows=soft_rows, columns=(all_text, all_teacher_text, all_alpha_text), offset=layout.offset,
+                n_mean=layout.total / layout.world)
+    return assembly.siglip_loss(module, **args)

@@ -2,6 +2,7 @@
 
     loss = psd_loss(x, y, logit_scale, alpha=0.3)                  # one direction
     loss = psd_clip_loss(image_features, text_features, logit_scale, alpha_image=0.3)
+    loss = psd_siglip_loss(image_features, text_features, logit_scale, logit_bias, alpha_image=0.3)
 
 `backend` is "auto" (CPU tensors: the C++ op when built, else the reference;
 CUDA tensors: Triton, else the C++ CUDA op, else the reference), "reference",
@@ -70,3 +71,34 @@ def psd_clip_loss(image_features, text_features, logit_scale, *, teacher_image=N
     return assembly.symmetric_loss(image_features, text_features, logit_scale, teacher_image, teacher_text,
                                    teacher_scale, alpha_image, alpha_text, teacher_mode, reduction, backend,
                                    check_finite)
+
+
+def psd_siglip_loss(image_features, text_features, logit_scale, logit_bias=None, *, teacher_image=None,
+                    teacher_text=None, teacher_scale=None, teacher_bias=None, alpha_image=0.0, alpha_text=None,
+                    reduction="mean", backend="auto", check_finite=False) -> torch.Tensor:
+    """Sigmoid (SigLIP) loss with PSD soft targets on one B x B batch (pair i: image i, text i).
+
+    L = reduce_i sum_j softplus(l_ij) - q_ij l_ij with l_ij = logit_scale <x_i, y_j> + logit_bias,
+    q_ij = (1 - a_ij) [i = j] + a_ij sigmoid(t_ij), t_ij = teacher_scale <x~_i, y~_j> + teacher_bias,
+    a_ij = (alpha_image_i + alpha_text_j) / 2 (docs/siglip_loss.md). With alpha = 0 it is
+    open_clip's SigLipLoss.
+
+    Args:
+        image_features, text_features: B x D rows (images) and columns (texts).
+        logit_scale: the exponentiated scale s > 0 (open_clip passes logit_scale.exp()), a
+            float or a one-element tensor; it receives a gradient.
+        logit_bias: b, a float or a one-element tensor (receives a gradient), or None (no bias).
+        teacher_image, teacher_text: B x D' teacher embeddings, both or neither (neither: the
+            student's own, detached). Teacher tensors never receive a gradient.
+        teacher_scale, teacher_bias: s~ and b~; default the student's own, detached.
+        alpha_image, alpha_text: scalars or one per pair, in [0, 1] (alpha_text default
+            alpha_image).
+        reduction: "mean" (the sum over pairs divided by B, as open_clip), "sum" or "none"
+            (the (B,) per-image-row sums; their upstream gradients are honoured).
+        backend, check_finite: as psd_loss.
+
+    Returns the loss in float32 (float64 for float64 inputs); gradients in the input dtype.
+    """
+    return assembly.siglip_batch_loss(image_features, text_features, logit_scale, logit_bias, teacher_image,
+                                      teacher_text, teacher_scale, teacher_bias, alpha_image, alpha_text, reduction,
+                                      backend, check_finite)

@@ -33,7 +33,90 @@ from psd_kernels.distributed import clip_loss_in_group, group_rank_size
 from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS, AlphaSchedule, FractionSchedule, SoftSubset
 
 
-class PSDLoss(nn.Module):
+class ScheduledLoss(nn.Module):
+    """What every PSD loss module shares: the alpha and soft-fraction schedules, the step counter
+    saved in state_dict, each rank's soft subset, and its place in the process group. The
+    arguments are PSDLoss's (below)."""
+
+    def __init__(self, alpha_max: float, schedule: str, ramp_steps: int, soft_fraction: float,
+                 soft_fraction_start: float | None, soft_fraction_schedule: str, soft_fraction_ramp_steps: int,
+                 steps_per_epoch: int | None, step_per_forward: bool, seed: int, teacher_scale: float | None,
+                 backend: str, rank: int, world_size: int, process_group):
+        super().__init__()
+        if teacher_scale is not None and not teacher_scale > 0:
+            raise ValueError(f"teacher_scale must be positive, got {teacher_scale!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.schedule = AlphaSchedule(schedule, alpha_max, ramp_steps)
+        start = soft_fraction if soft_fraction_start is None else soft_fraction_start
+        self.fraction_schedule = FractionSchedule(soft_fraction_schedule, start, soft_fraction,
+                                                  soft_fraction_ramp_steps, steps_per_epoch)
+        self.subset = SoftSubset(self.fraction_schedule, seed)
+        self.step_per_forward = step_per_forward
+        self.teacher_scale = teacher_scale
+        self.backend = backend
+        self.rank = rank
+        self.world_size = world_size
+        self.process_group = process_group
+        self.step = 0
+
+    # -- the schedules ---------------------------------------------------------------------
+    def current_alpha(self) -> float:
+        """alpha at the current step (before this step's forward advances it)."""
+        return self.schedule(self.step)
+
+    def current_soft_fraction(self) -> float:
+        """The soft fraction at the current step."""
+        return self.fraction_schedule(self.step)
+
+    def advance(self, steps: int = 1) -> None:
+        """Move both schedules on by `steps` optimizer steps (for step_per_forward=False)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        self.step += steps
+
+    def _row_alpha(self, alpha: float, stream: int, rows: int, like: torch.Tensor):
+        """alpha on this step's soft subset of `rows` validated rows, 0 elsewhere (a float 0 when no
+        row is soft)."""
+        if alpha == 0.0 or self.subset.size(rows, self.step) == 0:
+            return 0.0
+        mask = self.subset.mask(rows, self.step, stream, self.rank)
+        return (mask.to(validation.compute_dtype(like.dtype)) * alpha).to(like.device)
+
+    def get_extra_state(self) -> dict:
+        fraction = self.fraction_schedule
+        return {"step": self.step, "schedule": self.schedule.kind, "alpha_max": self.schedule.alpha_max,
+                "ramp_steps": self.schedule.ramp_steps, "soft_fraction": fraction.end,
+                "soft_fraction_start": fraction.start, "soft_fraction_schedule": fraction.kind,
+                "soft_fraction_ramp_steps": fraction.ramp_steps, "steps_per_epoch": fraction.steps_per_epoch,
+                "seed": self.subset.seed}
+
+    def set_extra_state(self, state: dict) -> None:
+        step = state.get("step") if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{type(self).__name__} state must hold a non-negative int 'step', got {state!r}")
+        self.step = step
+
+    def _end_step(self) -> None:
+        """A training-mode forward is one step unless the caller advances the schedules itself."""
+        if self.training and self.step_per_forward:
+            self.step += 1
+
+    def _group(self) -> tuple[int, int]:
+        """(rank, world size) of this loss: (0, 1) for world_size 1, else checked against the group."""
+        if self.world_size == 1:
+            return 0, 1
+        rank, world = group_rank_size(self.process_group)
+        if world == 1:
+            raise RuntimeError(f"{type(self).__name__}(world_size={self.world_size}) needs torch.distributed initialised "
+                               "(e.g. torchrun and torch.distributed.init_process_group) before forward")
+        if (rank, world) != (self.rank, self.world_size):
+            raise ValueError(f"{type(self).__name__} was built with rank={self.rank}, world_size={self.world_size} but this "
+                             f"process is rank {rank} of {world} in its process group")
+        return rank, world
+
+
+class PSDLoss(ScheduledLoss):
     """Symmetric PSD loss with open_clip's ClipLoss interface.
 
     Args:
@@ -78,65 +161,14 @@ class PSDLoss(nn.Module):
                  teacher_scale: float | None = None, teacher_mode: str = "cross", backend: str = "auto",
                  local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
                  rank: int = 0, world_size: int = 1, process_group=None):
-        super().__init__()
         check_teacher_mode(teacher_mode)
-        if teacher_scale is not None and not teacher_scale > 0:
-            raise ValueError(f"teacher_scale must be positive, got {teacher_scale!r}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.schedule = AlphaSchedule(schedule, alpha_max, ramp_steps)
-        start = soft_fraction if soft_fraction_start is None else soft_fraction_start
-        self.fraction_schedule = FractionSchedule(soft_fraction_schedule, start, soft_fraction,
-                                                  soft_fraction_ramp_steps, steps_per_epoch)
-        self.subset = SoftSubset(self.fraction_schedule, seed)
-        self.step_per_forward = step_per_forward
-        self.teacher_scale = teacher_scale
+        super().__init__(alpha_max, schedule, ramp_steps, soft_fraction, soft_fraction_start, soft_fraction_schedule,
+                         soft_fraction_ramp_steps, steps_per_epoch, step_per_forward, seed, teacher_scale, backend,
+                         rank, world_size, process_group)
         self.teacher_mode = teacher_mode
-        self.backend = backend
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.cache_labels = cache_labels
-        self.rank = rank
-        self.world_size = world_size
-        self.process_group = process_group
-        self.step = 0
-
-    # -- the schedules ---------------------------------------------------------------------
-    def current_alpha(self) -> float:
-        """alpha at the current step (before this step's forward advances it)."""
-        return self.schedule(self.step)
-
-    def current_soft_fraction(self) -> float:
-        """The soft fraction at the current step."""
-        return self.fraction_schedule(self.step)
-
-    def advance(self, steps: int = 1) -> None:
-        """Move both schedules on by `steps` optimizer steps (for step_per_forward=False)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-        self.step += steps
-
-    def _row_alpha(self, alpha: float, stream: int, rows: int, like: torch.Tensor):
-        """alpha on this step's soft subset of `rows` validated rows, 0 elsewhere (a float 0 when no
-        row is soft)."""
-        if alpha == 0.0 or self.subset.size(rows, self.step) == 0:
-            return 0.0
-        mask = self.subset.mask(rows, self.step, stream, self.rank)
-        return (mask.to(validation.compute_dtype(like.dtype)) * alpha).to(like.device)
-
-    def get_extra_state(self) -> dict:
-        fraction = self.fraction_schedule
-        return {"step": self.step, "schedule": self.schedule.kind, "alpha_max": self.schedule.alpha_max,
-                "ramp_steps": self.schedule.ramp_steps, "soft_fraction": fraction.end,
-                "soft_fraction_start": fraction.start, "soft_fraction_schedule": fraction.kind,
-                "soft_fraction_ramp_steps": fraction.ramp_steps, "steps_per_epoch": fraction.steps_per_epoch,
-                "seed": self.subset.seed}
-
-    def set_extra_state(self, state: dict) -> None:
-        step = state.get("step") if isinstance(state, dict) else None
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"PSDLoss state must hold a non-negative int 'step', got {state!r}")
-        self.step = step
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False,
@@ -163,22 +195,8 @@ class PSDLoss(nn.Module):
         else:
             loss = clip_loss_in_group(*args, self.local_loss, self.gather_with_grad, self.process_group, rank,
                                       world, backend=self.backend)
-        if self.training and self.step_per_forward:
-            self.step += 1
+        self._end_step()
         return {"contrastive_loss": loss} if output_dict else loss
-
-    def _group(self) -> tuple[int, int]:
-        """(rank, world size) of this loss: (0, 1) for world_size 1, else checked against the group."""
-        if self.world_size == 1:
-            return 0, 1
-        rank, world = group_rank_size(self.process_group)
-        if world == 1:
-            raise RuntimeError(f"PSDLoss(world_size={self.world_size}) needs torch.distributed initialised "
-                               "(e.g. torchrun and torch.distributed.init_process_group) before forward")
-        if (rank, world) != (self.rank, self.world_size):
-            raise ValueError(f"PSDLoss was built with rank={self.rank}, world_size={self.world_size} but this "
-                             f"process is rank {rank} of {world} in its process group")
-        return rank, world
 
 
 def _one_of(name, value, alias, alias_value):

@@ -12,7 +12,7 @@ the embeddings for NaN/Inf: one extra full read of every embedding tensor and on
 synchronisation, so it is off by default.
 
 Each public call validates each argument exactly once: one_direction() for psd_loss,
-symmetric() for psd_clip_loss, the distributed loss and PSDLoss.
+symmetric() for psd_clip_loss, the distributed loss and PSDLoss, siglip() for the sigmoid loss.
 """
 from __future__ import annotations
 
@@ -238,11 +238,9 @@ def one_direction(x, y, logit_scale, teacher_x, teacher_y, teacher_scale, alpha,
                 teacher_scale=teacher_scale, reduction=reduction, soft_rows=_any_soft(values, positive))
 
 
-def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
-              alpha_text, reduction, check_finite) -> dict:
-    """Validate the symmetric loss's arguments (pairs: row i of image and of text) into the
-    backend contract's form, plus `soft_rows` (some row of either direction has alpha > 0)."""
-    checks = ValueChecks()
+def _pairs(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image, alpha_text,
+           reduction, check_finite, checks: ValueChecks):
+    """The checks of every loss on pairs (row i of image and of text): (args, alpha facts, ct)."""
     image, text, teacher_image, teacher_text, scale, teacher_scale, ct = _embeddings(
         image, text, teacher_image, teacher_text, logit_scale, teacher_scale, reduction, check_finite,
         ("image_features", "text_features", "teacher_image", "teacher_text"), checks)
@@ -255,7 +253,53 @@ def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_sca
         alpha_text, text_positive = alpha_image, image_positive
     else:
         alpha_text, text_positive = _alpha("alpha_text", alpha_text, rows, text, ct, checks)
-    values = checks.read()
-    return dict(image=image, text=text, scale=scale, alpha_image=alpha_image, alpha_text=alpha_text,
+    args = dict(image=image, text=text, scale=scale, alpha_image=alpha_image, alpha_text=alpha_text,
                 teacher_image=teacher_image, teacher_text=teacher_text, teacher_scale=teacher_scale,
-                reduction=reduction, soft_rows=_any_soft(values, image_positive, text_positive))
+                reduction=reduction)
+    return args, (image_positive, text_positive), ct
+
+
+def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
+              alpha_text, reduction, check_finite) -> dict:
+    """Validate the symmetric loss's arguments (pairs: row i of image and of text) into the
+    backend contract's form, plus `soft_rows` (some row of either direction has alpha > 0)."""
+    checks = ValueChecks()
+    args, positive, _ = _pairs(image, text, logit_scale, teacher_image, teacher_text, teacher_scale, alpha_image,
+                               alpha_text, reduction, check_finite, checks)
+    return dict(args, soft_rows=_any_soft(checks.read(), *positive))
+
+
+def _bias(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks) -> torch.Tensor:
+    """A finite 0-dim bias on `like`'s device (a float becomes a constant tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
+        bias = value.reshape(())
+        at = checks.want(bias)
+        checks.check(lambda v: math.isfinite(v[at][0]), lambda v: ValueError(f"{name} must be finite, got {v[at][0]}"))
+        return bias
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return torch.tensor(float(value), dtype=ct, device=like.device)
+
+
+def siglip(image, text, logit_scale, logit_bias, teacher_image, teacher_text, teacher_scale, teacher_bias,
+           alpha_image, alpha_text, reduction, check_finite) -> dict:
+    """Validate the sigmoid (SigLIP) loss's arguments into the backend contract's form (the pairs'
+    checks, plus the bias: None becomes a constant 0, the teacher's stays None for the student's,
+    detached) and `soft_rows` (some image or text has alpha > 0)."""
+    checks = ValueChecks()
+    args, positive, ct = _pairs(image, text, logit_scale, teacher_image, teacher_text, teacher_scale,
+                                alpha_image, alpha_text, reduction, check_finite, checks)
+    like = args["image"]
+    args["bias"] = _bias("logit_bias", 0.0 if logit_bias is None else logit_bias, like, ct, checks)
+    if teacher_bias is not None:
+        teacher_bias = _bias("teacher_bias", teacher_bias, like, ct, checks).detach()
+    args["teacher_bias"] = teacher_bias
+    return dict(args, soft_rows=_any_soft(checks.read(), *positive))

@@ -28,6 +28,22 @@ and optionally, where the backend has a faster kernel for them:
         weight * (sum of the rows' losses) as a 0-dim tensor, e.g. with the gradient
         computed in the forward sweep. Without them the assembly sums psd_rows / clip_rows.
 
+The sigmoid (SigLIP) loss (docs/siglip_loss.md) has its own pair of functions, for the
+backends that implement it:
+
+    siglip_rows(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y,
+                teacher_scale, teacher_bias)
+        x, y, scale, labels, teacher_x/_y as psd_rows; x holds the rows (images), y the
+        columns (texts, all ranks' in distributed training)
+        bias            0-dim tensor b (0 when the caller has no bias), may require grad
+        alpha_rows      (M,) and alpha_cols (N,): a_ij = (alpha_rows_i + alpha_cols_j) / 2
+        teacher_scale   None (the student's s, detached) or a 0-dim tensor s~
+        teacher_bias    None (the student's b, detached) or a 0-dim tensor b~
+        returns         row_i = sum_j softplus(l_ij) - q_ij l_ij, (M,), differentiable in x,
+                        y, scale and bias, honouring per-row upstream gradients
+    siglip_weighted_loss(x, ..., teacher_bias, weight)    (optional)
+        weight * sum_i row_i as a 0-dim tensor, the gradient computed in the same sweep
+
 No backend imports another; reductions, teacher modes and the symmetric loss are built in
 psd_kernels.assembly alone.
 """
@@ -72,8 +88,15 @@ def _triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype):
-    """The backend module for `name` ("auto" or one of BACKENDS) on this device and dtype.
+def _reason(module, device: torch.device, dtype: torch.dtype, op: str) -> str | None:
+    if not hasattr(module, op):
+        return f"it has no {op} (the {'sigmoid' if op == 'siglip_rows' else 'softmax'} loss)"
+    return module.supports(device, dtype)
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, op: str = "psd_rows"):
+    """The backend module for `name` ("auto" or one of BACKENDS) on this device and dtype that
+    has `op` ("psd_rows": the softmax loss, "siglip_rows": the sigmoid loss).
 
     "auto": CUDA tensors -> triton, else the C++ CUDA op, else the reference;
     CPU tensors -> the C++ op, else the reference. An explicit name that cannot
@@ -88,11 +111,11 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype):
                 module = load_backend(candidate)
             except BackendUnavailable:
                 continue
-            if module.supports(device, dtype) is None:
+            if _reason(module, device, dtype, op) is None:
                 return module
-        raise BackendUnavailable(f"no backend runs on device={device} dtype={dtype}")
+        raise BackendUnavailable(f"no backend runs {op} on device={device} dtype={dtype}")
     module = load_backend(name)
-    reason = module.supports(device, dtype)
+    reason = _reason(module, device, dtype, op)
     if reason is not None:
         raise BackendUnavailable(f"backend {name!r} cannot run here: {reason}")
     return module

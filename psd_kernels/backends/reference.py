@@ -11,12 +11,15 @@ the tests use to prove the math).
     Q_i = (1 - alpha_i) onehot(c_i) + alpha_i softmax(T_i)
     l_i = -sum_j Q_ij log softmax(S_i)_j
 
+The sigmoid (SigLIP) loss's reference, siglip_rows, lives in siglip_reference.py.
+
 Run its tests with: .venv/bin/python -m pytest tests/test_reference.py
 """
 from __future__ import annotations
 
 import torch
 
+from psd_kernels.backends.siglip_reference import siglip_rows  # noqa: F401  the sigmoid loss, docs/siglip_loss.md
 from psd_kernels.validation import compute_dtype
 
 
