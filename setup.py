@@ -186,11 +186,11 @@ def extension(record):
     """psd_kernels._C as the record describes it: the CPU sources, plus the CUDA part when record["cuda"]."""
     from torch.utils import cpp_extension
 
-    sources = ["csrc/psd_loss.cpp", "csrc/psd_epilogue_cpu.cpp"]
+    sources = ["csrc/psd_loss.cpp", "csrc/psd_epilogue_cpu.cpp", "csrc/psd_siglip.cpp", "csrc/psd_siglip_cpu.cpp"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     if record["cuda"]:
-        sources.append("csrc/psd_epilogue_cuda.cu")
+        sources += ["csrc/psd_epilogue_cuda.cu", "csrc/psd_siglip_cuda.cu"]
         define_macros.append(("PSD_WITH_CUDA", None))
         # the torch wheel ships the CUDA library headers (cuBLAS, ...) under nvidia/cu*/include
         site = sysconfig.get_paths()["purelib"]

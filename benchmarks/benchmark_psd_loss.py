@@ -1,12 +1,14 @@
-"""Side-by-side micro-benchmark of the symmetric contrastive loss: time, memory, FLOP/s.
+"""Side-by-side micro-benchmark of the contrastive losses: time, memory, FLOP/s.
 
     .venv/bin/python benchmarks/benchmark_psd_loss.py --preset cpu      # `make bench`: < 10 min, 2 cores
+    .venv/bin/python benchmarks/benchmark_psd_loss.py --op psd_siglip_loss --preset siglip-cpu   # the sigmoid loss
     .venv/bin/python benchmarks/benchmark_psd_loss.py --preset cpu-max  # B to 65536: where each runs out of memory (about an hour)
     .venv/bin/python benchmarks/benchmark_psd_loss.py --preset gpu      # on a CUDA machine
     .venv/bin/python benchmarks/plot.py                                 # PNGs from the CSV rows
 
-Providers (benchmarks/providers.py, the list benchmarks/device_check.py times too): every
-psd_kernels backend usable on the device ("psd-reference", "psd-cpp", "psd-triton"), a
+--op picks the loss: psd_clip_loss (default, the symmetric softmax loss) or psd_siglip_loss (the
+sigmoid loss, against open_clip's SigLipLoss). Providers (benchmarks/providers.py, the list
+benchmarks/device_check.py times too): every psd_kernels backend usable on the device ("psd-reference", "psd-cpp", "psd-triton"), a
 hand-written chunked PyTorch loss, open_clip's ClipLoss (no_teacher) and ClipLoss +
 DistillClipLoss (with a teacher), and Inf-CL (no_teacher, CUDA only, D a multiple of 256).
 Modes: forward, backward and full (forward + backward) of the same calls. Metrics:
@@ -14,7 +16,7 @@ median time with p20/p80 over the timed repetitions after warm-up, peak extra me
 (benchmarks/memory.py states the method), achieved FLOP/s (formula printed) and, for
 each psd provider, the time ratio to every peer measured in the same run.
 
-Rows are appended to benchmarks/data/psd_clip_loss.csv with the fixed schema and row writer of
+Rows are appended to benchmarks/data/<op>.csv with the fixed schema and row writer of
 benchmarks/rows.py (CSV_FIELDS, append_csv), stamped with the commit and whether the tree was clean.
 A case predicted (from the provider's measured growth) to need more than --mem-cap-gib,
 or killed by the watchdog on the way, is recorded as "oom" and larger batches of that
@@ -34,14 +36,20 @@ import numpy as np
 import torch
 
 from memory import CPU_METHOD, CPU_METHOD_IN_PROCESS, CUDA_METHOD, available_bytes, release_freed_memory_to_os
-from providers import BENCHMARK_TEACHERS, Case, all_providers
+from providers import BENCHMARK_TEACHERS, OPS, Case, all_providers
 from rows import append_csv, timestamp, version_string
 from runner import IsolatedWorker, measure_safely
 
 from psd_kernels.tools.roofline import FLOP_FORMULA
 from psd_kernels.vocabulary import DTYPES, NO_TEACHER
 
-OP = "psd_clip_loss"
+LIKE_WITH_LIKE = {
+    "psd_clip_loss": "openclip-clip == PSD alpha=0; openclip-distill returns contrastive + distill == 2 x "
+                     "PSD(alpha=0.5, same teacher), the same math materialised (B x B logits, separate products "
+                     "per direction); torch-chunked == PSD, row chunks + checkpoint",
+    "psd_siglip_loss": "openclip-siglip == PSD sigmoid alpha=0 (SigLipLoss, world size 1: one B x B logit "
+                       "block); with a teacher open_clip has no peer",
+}
 MODES = ("forward", "backward", "full")
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 GIB = 2 ** 30
@@ -54,6 +62,8 @@ PRESETS = {
     "cpu-max": dict(device="cpu", batch=[1024 << i for i in range(7)], dim=[512],
                     teacher=[NO_TEACHER], dtype=["float32"], warmup=1, min_reps=1,
                     max_reps=5, budget_s=2.0, time_limit_s=0),
+    "siglip-cpu": dict(device="cpu", batch=[4096, 8192], dim=[512, 768], teacher=[NO_TEACHER, "separate"],
+                       dtype=["float32"], warmup=1, min_reps=3, max_reps=5, budget_s=2.0, time_limit_s=0),
     "gpu": dict(device="cuda", batch=[4096, 16384, 32768, 65536], dim=[512],
                 teacher=[NO_TEACHER, "separate"], dtype=["bfloat16"], warmup=3, min_reps=10,
                 max_reps=50, budget_s=1.0, time_limit_s=0),
@@ -65,6 +75,7 @@ LONG_CALL_S = 30.0
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--op", choices=OPS, default="psd_clip_loss", help="the loss to measure")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", help="cpu or cuda (default: the preset's)")
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes B, ascending")
@@ -186,8 +197,8 @@ def sweep(args, device: torch.device, log=print) -> list[dict]:
             if (name, reason) not in told:
                 told.add((name, reason))
                 log(f"skipped {name}: {reason}")
-        providers = [p for p in providers
-                     if (not args.providers or any(p.name.startswith(x) for x in args.providers))
+        providers = [p for p in providers if p.op == args.op
+                     and (not args.providers or any(p.name.startswith(x) for x in args.providers))
                      and p.unavailable(Case(1, dim, teacher, dtype), device) is None]
         workers = {p.name: IsolatedWorker(int(cap + GIB)) if isolate else None for p in providers}
         history = {p.name: [] for p in providers}
@@ -272,10 +283,10 @@ def loss_checks(records: list[dict]) -> list[str]:
     return problems
 
 
-def csv_rows(records: list[dict], device: torch.device, stamp: str, version: str, method: str):
+def csv_rows(records: list[dict], device: torch.device, stamp: str, version: str, method: str, op: str):
     dev = device_name(device)
     unit, scale = flops_unit(device)
-    base = {"op": OP, "x_name": "B", "device": dev, "timestamp": stamp, "version": version}
+    base = {"op": op, "x_name": "B", "device": dev, "timestamp": stamp, "version": version}
     for record in records:
         case = record["case"]
         config = case.config()
@@ -351,9 +362,7 @@ def main(argv=None) -> int:
               f"{args.warmup} warm-up call(s) ({'CUDA events' if device.type == 'cuda' else 'time.perf_counter'})",
               f"memory: {method}",
               f"FLOP/s: {FLOP_FORMULA}",
-              "like with like: openclip-clip == PSD alpha=0; openclip-distill returns contrastive + "
-              "distill == 2 x PSD(alpha=0.5, same teacher), the same math materialised (B x B logits, "
-              "separate products per direction); torch-chunked == PSD, row chunks + checkpoint"]
+              f"op: {args.op}; like with like: {LIKE_WITH_LIKE[args.op]}"]
     for line in header:
         print(line, flush=True)
     records = sweep(args, device, log=lambda line: print(line, flush=True))
@@ -367,7 +376,7 @@ def main(argv=None) -> int:
         with open(args.markdown, "w") as fh:
             fh.write("\n".join(f"- {line}" for line in header) + "\n" + tables + "\n")
     if not args.no_csv:
-        path = append_csv(csv_rows(records, device, stamp, version, method), args.out, f"{OP}.csv")
+        path = append_csv(csv_rows(records, device, stamp, version, method, args.op), args.out, f"{args.op}.csv")
         print(f"appended rows to {path}")
     return 1 if problems else 0
 

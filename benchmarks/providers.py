@@ -1,7 +1,9 @@
 """What benchmarks/benchmark_psd_loss.py compares: cases, inputs and providers.
 
-A provider maps a case to a function computing the symmetric contrastive loss
-(a 0-dim tensor, differentiable in image, text and the scale). Like with like:
+A provider maps a case to a function computing one op's loss (a 0-dim tensor,
+differentiable in image, text, the scale and, for the sigmoid loss, the bias). The ops
+(OPS): "psd_clip_loss", the symmetric softmax (CLIP) loss, and "psd_siglip_loss", the sigmoid
+(SigLIP) loss. Like with like, for psd_clip_loss:
 
     psd-<backend>     psd_kernels.psd_clip_loss(..., backend=<backend>), every backend
                       that psd_kernels.backends.available_backends() says can run here
@@ -13,6 +15,13 @@ A provider maps a case to a function computing the symmetric contrastive loss
                       materialised path users run today for teacher distillation
     inf-cl            Inf-CL's cal_inf_loss both ways (no_teacher, CUDA, D a multiple of
                       256) == PSD with alpha = 0: hard labels only (see InfClProvider)
+
+and for psd_siglip_loss:
+
+    psd-siglip-<backend>  psd_kernels.psd_siglip_loss(..., backend=<backend>), every backend with
+                          the sigmoid loss that can run here
+    openclip-siglip       open_clip.SigLipLoss (no_teacher) == PSD sigmoid with alpha = 0; open_clip
+                          has no sigmoid loss with teacher targets, so a teacher case has no peer
 
 psd-triton variants (all_providers(..., variants=True)): the same kernels with another
 column-statistics or backward mode (psd_kernels/backends/triton/launcher.py), timed side by side by
@@ -40,10 +49,11 @@ import torch
 
 from chunked_loss import DEFAULT_CHUNK_ROWS, chunked_clip_loss
 from psd_kernels.tools.roofline import Case
-from psd_kernels.vocabulary import DTYPES, NO_TEACHER
+from psd_kernels.vocabulary import DTYPES, NO_TEACHER, OPS, dtype_name
 
 BENCHMARK_TEACHERS = (NO_TEACHER, "self_scaled", "separate")
 STUDENT_SCALE = 1.0 / 0.07        # open_clip's initial exp(logit_scale)
+STUDENT_BIAS = -10.0              # open_clip's initial logit_bias for --siglip
 SEPARATE_TEACHER_SCALE = 20.0
 
 
@@ -59,6 +69,7 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
     inputs = {"image": unit(case.batch, case.dim).requires_grad_(),
               "text": unit(case.batch, case.dim).requires_grad_(),
               "scale": torch.tensor(STUDENT_SCALE, device=device).requires_grad_(),
+              "bias": torch.tensor(STUDENT_BIAS, device=device).requires_grad_(),
               "teacher_image": None, "teacher_text": None, "teacher_scale": None}
     if case.teacher == "self_scaled":
         inputs["teacher_scale"] = torch.tensor(STUDENT_SCALE / 2, device=device)
@@ -80,6 +91,7 @@ def _teacher_features(case: Case, inputs: dict):
 class Provider:
     name: str
     note: str
+    op: str = OPS[0]
 
     def unavailable(self, case: Case, device: torch.device) -> str | None:
         """None when this provider runs `case` on `device`, else why it does not."""
@@ -218,6 +230,49 @@ class OpenClipProvider(Provider):
         return buffers * case.batch ** 2 * _elem(case)
 
 
+@dataclass(frozen=True)
+class PSDSiglipProvider(Provider):
+    backend: str = "reference"
+
+    def unavailable(self, case, device):
+        from psd_kernels.backends import BackendUnavailable, resolve_backend
+        try:
+            resolve_backend(self.backend, device, DTYPES[case.dtype], "siglip_rows")
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+
+    def build(self, case):
+        import psd_kernels
+
+        def loss(inputs):
+            return psd_kernels.psd_siglip_loss(
+                inputs["image"], inputs["text"], inputs["scale"], inputs["bias"],
+                teacher_image=inputs["teacher_image"], teacher_text=inputs["teacher_text"],
+                teacher_scale=inputs["teacher_scale"], alpha_image=case.alpha, backend=self.backend)
+        return loss
+
+    def memory_guess(self, case):
+        if self.backend == "reference":            # materialised: a handful of B x B buffers
+            return 12.0 * case.batch ** 2 * _elem(case)
+        return 8.0 * case.batch * (case.dim + case.d_teacher) * _elem(case) + (64 << 20)
+
+
+@dataclass(frozen=True)
+class OpenClipSiglipProvider(Provider):
+    def unavailable(self, case, device):
+        if case.teacher != NO_TEACHER:
+            return f"open_clip's SigLipLoss has no teacher targets (compared at {NO_TEACHER})"
+        return _open_clip_missing()
+
+    def build(self, case):
+        module = _open_clip_loss().SigLipLoss()
+        return lambda inputs: module(inputs["image"], inputs["text"], inputs["scale"], inputs["bias"])
+
+    def memory_guess(self, case):
+        return 8.0 * case.batch ** 2 * _elem(case)
+
+
 INF_CL_HEAD_DIM = 256   # cal_inf_loss's default head_dim: it views B x D as B x (D / 256) x 256
 
 
@@ -263,8 +318,8 @@ TRITON_VARIANTS = {"psd-triton [second pass]": {"PSD_TRITON_COLUMN_STATS": "seco
 
 def all_providers(device: torch.device, dtype: torch.dtype = torch.float32,
                   variants: bool = False) -> tuple[list, dict]:
-    """(providers, {name: reason}) for this device: every psd backend that can run (with the
-    psd-triton variants when `variants`), then the peers."""
+    """(providers, {name: reason}) for this device, every op's (Provider.op): every psd backend that
+    can run (with the psd-triton variants when `variants`), then the peers."""
     from psd_kernels.backends import BACKENDS, available_backends
     status = available_backends(device, dtype)
     providers, skipped = [], {}
@@ -295,4 +350,18 @@ def all_providers(device: torch.device, dtype: torch.dtype = torch.float32,
         providers.append(inf_cl)
     else:
         skipped["inf-cl"] = missing
+    siglip = OPS[1]
+    for backend in BACKENDS:
+        provider = PSDSiglipProvider(f"psd-siglip-{backend}", f"psd_kernels.psd_siglip_loss(backend={backend!r})",
+                                     siglip, backend=backend)
+        reason = provider.unavailable(Case(1, 16, dtype=dtype_name(dtype)), device)
+        if reason is None:
+            providers.append(provider)
+        else:
+            skipped[provider.name] = reason
+    if _open_clip_missing() is None:
+        providers.append(OpenClipSiglipProvider("openclip-siglip", "open_clip SigLipLoss == PSD sigmoid alpha=0",
+                                                siglip))
+    else:
+        skipped["openclip-siglip"] = _open_clip_missing()
     return providers, skipped

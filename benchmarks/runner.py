@@ -67,7 +67,7 @@ def measure(provider, case: Case, device: torch.device, *, warmup: int = 1, min_
     device = torch.device(device)
     fn = provider.build(case)
     inputs = make_inputs(case, device, seed)
-    leaves = (inputs["image"], inputs["text"], inputs["scale"])
+    leaves = (inputs["image"], inputs["text"], inputs["scale"], inputs["bias"])
     memory, timer = PeakMemory(device), _Timer(device)
 
     def once():

@@ -9,6 +9,8 @@
                    matrix seen from both sides) or within_modality (caption-caption targets for
                    image rows, image-image targets for caption rows)
     dtype          an input dtype, named as torch names it: float32, bfloat16, float16, float64
+    op             a loss, named by its public function: psd_clip_loss (the symmetric softmax
+                   loss; psd_loss is its one direction) or psd_siglip_loss (the sigmoid loss)
 
 Where a trainer's teacher comes from (self, ema, prev_epoch, distill) is psd_train's axis:
 psd_train.args.TEACHER_SOURCES.
@@ -18,6 +20,7 @@ import torch
 TEACHER_CASES = ("self", "self_scaled", "separate")
 NO_TEACHER = "no_teacher"
 TEACHER_MODES = ("cross", "within_modality")
+OPS = ("psd_clip_loss", "psd_siglip_loss")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 

@@ -34,7 +34,7 @@ from runner import IsolatedWorker  # noqa: E402
 
 from psd_kernels import psd_clip_loss  # noqa: E402
 from psd_kernels.tools import roofline  # noqa: E402
-from psd_kernels.vocabulary import NO_TEACHER  # noqa: E402
+from psd_kernels.vocabulary import NO_TEACHER, OPS  # noqa: E402
 
 VERSION = re.compile(r"^psd \S+ git [0-9a-f]{7,}(\+dirty)?; torch \S+")
 
@@ -199,23 +199,26 @@ def test_worker_is_killed_over_its_memory_limit_then_restarts():
         tight.close()
 
 
-def test_cpu_benchmark_writes_versioned_rows_in_the_schema_and_plot_draws_them(tmp_path):
-    """A tiny sweep in-process: every provider measured, rows in the fixed schema stamped with the
-    commit and whether the tree was clean, PNGs written."""
+@pytest.mark.parametrize("op", OPS)
+def test_cpu_benchmark_writes_versioned_rows_in_the_schema_and_plot_draws_them(tmp_path, op):
+    """A tiny sweep in-process, for each op: every provider of the op measured, rows in the fixed
+    schema stamped with the commit and whether the tree was clean, PNGs written."""
     markdown = tmp_path / "table.md"
-    code = benchmark_psd_loss.main(["--preset", "tiny", "--isolate", "none", "--batch", "24", "40",
+    code = benchmark_psd_loss.main(["--op", op, "--preset", "tiny", "--isolate", "none", "--batch", "24", "40",
                                     "--warmup", "0", "--min-reps", "1", "--max-reps", "2",
                                     "--out", str(tmp_path), "--markdown", str(markdown)])
     assert code == 0
-    with open(tmp_path / "psd_clip_loss.csv", newline="") as fh:
+    with open(tmp_path / f"{op}.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames) == bench_rows.CSV_FIELDS
         rows = list(reader)
     assert len({r["version"] for r in rows}) == 1 and VERSION.match(rows[0]["version"]), rows[0]["version"]
+    assert {r["op"] for r in rows} == {op}
     providers, _ = all_providers(torch.device("cpu"))
     timed = {(r["provider"], r["mode"], r["x_value"], json.loads(r["config"])["teacher"])
              for r in rows if r["metric"] == "time" and float(r["p50"]) > 0}
-    for provider in providers:
+    assert {r["provider"] for r in rows} == {p.name for p in providers if p.op == op}
+    for provider in (p for p in providers if p.op == op):
         for teacher in (NO_TEACHER, "separate"):
             if provider.unavailable(Case(24, 32, teacher), torch.device("cpu")) is None:
                 assert {(provider.name, m, b, teacher) for m in ("forward", "backward", "full")
@@ -223,7 +226,7 @@ def test_cpu_benchmark_writes_versioned_rows_in_the_schema_and_plot_draws_them(t
     assert any(r["metric"].startswith("speedup_vs_") for r in rows)
     assert any(r["metric"] == "memory" and r["unit"] == "MiB" for r in rows)
     assert "| B | provider |" in markdown.read_text()
-    assert plot.main(["--data", str(tmp_path / "psd_clip_loss.csv"), "--out", str(tmp_path / "plots")]) == 0
+    assert plot.main(["--data", str(tmp_path / f"{op}.csv"), "--out", str(tmp_path / "plots")]) == 0
     pngs = sorted((tmp_path / "plots").glob("*.png"))
     assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
 
@@ -300,10 +303,15 @@ def test_device_check_dry_run_reaches_every_stage_and_writes_plottable_rows(tmp_
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames) == bench_rows.CSV_FIELDS
         rows = list(reader)
-    assert {r["op"] for r in rows} == {"psd_correctness", "matmul_bf16", "psd_clip_loss"}
+    assert {r["op"] for r in rows} == {"psd_correctness", "matmul_bf16", "psd_clip_loss", "psd_siglip_loss"}
     assert all(VERSION.match(r["version"]) and "; triton " in r["version"] for r in rows)
     timed = {r["provider"] for r in rows if r["op"] == "psd_clip_loss" and r["metric"] == "time"}
     assert {"psd-cpp", "psd-triton", "psd-triton [second pass]"} <= timed
+    timed = {r["provider"] for r in rows if r["op"] == "psd_siglip_loss" and r["metric"] == "time"}
+    assert {"psd-siglip-cpp", "psd-siglip-triton", "openclip-siglip"} <= timed
+    checked = {r["x_value"].split(":")[0] for r in rows if r["op"] == "psd_correctness"}
+    assert checked == {"psd_loss", "psd_clip_loss", "psd_siglip_loss"}
+    assert not any("FAIL" in json.loads(r["config"]).get("status", "") for r in rows if r["op"] == "psd_correctness")
     assert all(json.loads(r["config"]) is not None for r in rows)
     assert "inf-cl not run: Inf-CL's Triton kernels need a CUDA device" in result.stdout
     assert "## B = 64, D = 16" in result.stdout and "total" in result.stdout

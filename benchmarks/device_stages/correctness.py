@@ -1,6 +1,6 @@
 """Stage 1 of benchmarks/device_check.py: every GPU backend against the float64 reference.
 
-psd_loss / psd_clip_loss with backend="triton" and, when the C++ extension has CUDA,
+psd_loss / psd_clip_loss / psd_siglip_loss with backend="triton" and, when the C++ extension has CUDA,
 backend="cpp", against the float64 reference on the same rounded inputs: float32, bfloat16,
 float16; every teacher case; awkward sizes (1, 7, 97, 1025 rows, widths that are not powers
 of two); per-row alpha, labels, reduction "none" with random per-row upstream gradients.
@@ -33,8 +33,12 @@ GPU_CASES = [("psd_loss", (1, 7, 3), "self_scaled"), ("psd_loss", (7, 97, 100), 
              ("psd_loss", (97, 1000, 100), "separate"), ("psd_loss", (1025, 777, 768), "separate"),
              ("psd_clip_loss", (1, 37), "self"), ("psd_clip_loss", (7, 100), "self"),
              ("psd_clip_loss", (97, 300), "separate"), ("psd_clip_loss", (1025, 520), "self_scaled"),
-             ("psd_clip_loss", (4096, 768), "separate")]
-DRY_CASES = [("psd_loss", (3, 70, 20), "separate"), ("psd_clip_loss", (19, 24), "self_scaled")]
+             ("psd_clip_loss", (4096, 768), "separate"),
+             ("psd_siglip_loss", (1, 37), "self"), ("psd_siglip_loss", (97, 300), "separate"),
+             ("psd_siglip_loss", (1025, 520), "self_scaled"), ("psd_siglip_loss", (4096, 768), "separate")]
+DRY_CASES = [("psd_loss", (3, 70, 20), "separate"), ("psd_clip_loss", (19, 24), "self_scaled"),
+             ("psd_siglip_loss", (19, 24), "separate")]
+SIGLIP_BIAS, SIGLIP_TEACHER_BIAS = -5.0, -2.0
 
 
 def case_inputs(op, sizes, teacher, dtype, device):
@@ -50,6 +54,11 @@ def case_inputs(op, sizes, teacher, dtype, device):
         kw = dict(alpha_image=torch.rand(m, device=device), alpha_text=0.3)
         names = ("teacher_image", "teacher_text")
         upstream = torch.randn(2, m, device=device)
+        if op == "psd_siglip_loss":  # (B,) per-image-row sums; a bias, and the teacher's own
+            upstream = upstream[0]
+            kw["logit_bias"] = SIGLIP_BIAS
+            if teacher != "self":
+                kw["teacher_bias"] = SIGLIP_TEACHER_BIAS
     if teacher == "self_scaled":
         kw["teacher_scale"] = 0.5 * STUDENT_SCALE
     elif teacher == "separate":

@@ -23,29 +23,32 @@ from psd_kernels.tools import against_reference
 from psd_kernels.tools.roofline import FLOP_FORMULA
 from psd_kernels.vocabulary import NO_TEACHER
 
-# The timed providers, from the shared list (benchmarks/providers.py): the GPU backends and their peers.
-GPU_PROVIDERS = ("psd-triton", "psd-cpp", "openclip-clip", "openclip-distill", "inf-cl")
+# The timed providers of each op, from the shared list (benchmarks/providers.py): the GPU backends and
+# their peers.
+GPU_PROVIDERS = {"psd_clip_loss": ("psd-triton", "psd-cpp", "openclip-clip", "openclip-distill", "inf-cl"),
+                 "psd_siglip_loss": ("psd-siglip-triton", "psd-siglip-cpp", "openclip-siglip")}
+TITLES = {"psd_clip_loss": "the symmetric loss", "psd_siglip_loss": "the sigmoid (SigLIP) loss"}
 TEACHERS = (NO_TEACHER, "separate")
 # bfloat16 inputs against an fp32 reference on the same rounded inputs: the tensor-core tolerance
 TOL_AUTOTUNED_VS_FP32 = against_reference.tolerance(torch.bfloat16, "tensor_cores")
 
 
-def gpu_providers(device, variants):
-    """The timed providers (GPU_PROVIDERS, the psd-triton variants when `variants`) from the
-    shared list, and {name: why it cannot run here} for the others of GPU_PROVIDERS."""
+def gpu_providers(device, variants, op="psd_clip_loss"):
+    """The timed providers of `op` (GPU_PROVIDERS, the psd-triton variants when `variants`) from
+    the shared list, and {name: why it cannot run here} for the others of GPU_PROVIDERS[op]."""
     providers, skipped = all_providers(device, torch.bfloat16, variants=variants)
-    chosen = [p for p in providers if p.name.split(" ")[0] in GPU_PROVIDERS]
-    return chosen, {name: why for name, why in skipped.items() if name in GPU_PROVIDERS}
+    chosen = [p for p in providers if p.op == op and p.name.split(" ")[0] in GPU_PROVIDERS[op]]
+    return chosen, {name: why for name, why in skipped.items() if name in GPU_PROVIDERS[op]}
 
 
-def run(rec, device, batches, dims, rates, dry, budget_end) -> dict:
-    """Time every provider at every (B, D, teacher); {(B, D, teacher, provider): cells}."""
-    rec.line("## Forward + backward of the symmetric loss, bf16")
+def run(rec, device, batches, dims, rates, dry, budget_end, op="psd_clip_loss") -> dict:
+    """Time every provider of `op` at every (B, D, teacher); {(B, D, teacher, provider): cells}."""
+    rec.line(f"## Forward + backward of {TITLES[op]}, bf16")
     rec.line()
     rec.line(f"FLOPs counted: {FLOP_FORMULA}. % matmul: of the bf16 x @ y^T rate at that shape. Baseline of "
-             "the speed-up: open_clip (ClipLoss, or ClipLoss + DistillClipLoss with the teacher).")
+             "the speed-up: open_clip (ClipLoss, or ClipLoss + DistillClipLoss with the teacher; SigLipLoss).")
     rec.line()
-    _, skipped = gpu_providers(device, False)
+    _, skipped = gpu_providers(device, False, op)
     for name, why in skipped.items():
         rec.line(f"- {name} not run: {why}")
     rec.line()
@@ -61,7 +64,7 @@ def run(rec, device, batches, dims, rates, dry, budget_end) -> dict:
                 case = Case(b, d, teacher, "bfloat16")
                 inputs = None  # made once per point, on first use: the same inputs for every provider
                 times = {}
-                providers, _ = gpu_providers(device, variants=teacher == NO_TEACHER and d == dims[0])
+                providers, _ = gpu_providers(device, teacher == NO_TEACHER and d == dims[0], op)
                 for provider in providers:
                     name = provider.name
                     why = provider.unavailable(case, device)
@@ -103,23 +106,24 @@ def _bench_one(rec, device, case, inputs, provider, rates, dry):
     try:
         fn = provider.build(case)
         leaves = (inputs["image"], inputs["text"], inputs["scale"])
+        op = provider.op
 
         def step():
             return torch.autograd.grad(fn(inputs), leaves)
 
-        check = _check_autotuned(case, inputs, fn) if not name.startswith("openclip") and b <= 16384 else ""
+        check = _check_autotuned(case, inputs, fn, op) if not name.startswith("openclip") and b <= 16384 else ""
         p50, p20, p80 = bench(step, dry)
         peak = peak_gib(step, device)
         flops = case.flops("full")
         tflops = flops / (p50 * 1e-3) / 1e12
         mm = rates.get(("xyT", b, d))
         pct = f"{100 * tflops / mm:.0f}%" if mm else ""
-        rec.row("psd_clip_loss", name, "full", "time", "ms", "B", b, p50, p20, p80, config)
-        rec.row("psd_clip_loss", name, "full", "throughput", "TFLOP/s", "B", b, tflops,
+        rec.row(op, name, "full", "time", "ms", "B", b, p50, p20, p80, config)
+        rec.row(op, name, "full", "throughput", "TFLOP/s", "B", b, tflops,
                 flops / (p80 * 1e-3) / 1e12, flops / (p20 * 1e-3) / 1e12, config)
         if peak != "":
             mib = peak * 1024
-            rec.row("psd_clip_loss", name, "full", "memory", "MiB", "B", b, mib, mib, mib,
+            rec.row(op, name, "full", "memory", "MiB", "B", b, mib, mib, mib,
                     dict(case.config(), method="torch.cuda.max_memory_allocated() minus memory_allocated() "
                                                "before the call"))
         return dict(p50=p50, p20=p20, p80=p80, tflops=tflops, pct=pct,
@@ -127,12 +131,12 @@ def _bench_one(rec, device, case, inputs, provider, rates, dry):
     except Exception as exc:  # OOM or a broken provider: record, go on
         rec.line(f"| {b} | {d} | {case.teacher} | {name} | {short(exc)} | | | | | | | |")
         gib = float("nan")
-        rec.row("psd_clip_loss", name, "full", "oom" if isinstance(exc, torch.OutOfMemoryError) else "error",
+        rec.row(provider.op, name, "full", "oom" if isinstance(exc, torch.OutOfMemoryError) else "error",
                 "GiB", "B", b, gib, gib, gib, dict(case.config(), message=short(exc)))
         return {}
 
 
-def _check_autotuned(case, inputs, fn):
+def _check_autotuned(case, inputs, fn, op):
     """A psd provider (autotuned) or Inf-CL against the fp32 reference on the same bf16 inputs."""
     try:
         leaves = (inputs["image"], inputs["text"], inputs["scale"])
@@ -145,7 +149,11 @@ def _check_autotuned(case, inputs, fn):
         if case.teacher == "separate":
             kw = dict(teacher_image=inputs["teacher_image"].float(), teacher_text=inputs["teacher_text"].float(),
                       teacher_scale=inputs["teacher_scale"])
-        ref = psd_kernels.psd_clip_loss(xf, yf, sf, alpha_image=case.alpha, backend="reference", **kw)
+        if op == "psd_siglip_loss":
+            ref = psd_kernels.psd_siglip_loss(xf, yf, sf, inputs["bias"].detach(), alpha_image=case.alpha,
+                                              backend="reference", **kw)
+        else:
+            ref = psd_kernels.psd_clip_loss(xf, yf, sf, alpha_image=case.alpha, backend="reference", **kw)
         want = [ref.detach()] + list(torch.autograd.grad(ref, (xf, yf, sf)))
         worst = max(against_reference.errors(got, want))
         return f"{worst:.1e} {'ok' if worst <= TOL_AUTOTUNED_VS_FP32 else 'FAIL'}"

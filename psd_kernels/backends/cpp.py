@@ -13,7 +13,9 @@ This module adds their fake (meta) implementations, so torch.compile(fullgraph=T
 traces them, and their autograd formulas (docs/loss.md), then exposes the backend
 contract of psd_kernels.backends: per-row losses (`psd_rows`, `clip_rows`) and the
 weighted sums w * sum_i l_i that psd_kernels.assembly uses for the mean and sum
-reductions (`weighted_loss`, `clip_weighted_loss`), plus `supports`.
+reductions (`weighted_loss`, `clip_weighted_loss`), plus `supports`. The sigmoid (SigLIP)
+loss (docs/siglip_loss.md) has its own three ops, psd::siglip_forward, psd::siglip_backward
+and psd::siglip_forward_backward, behind `siglip_rows` and `siglip_weighted_loss`.
 
 Autograd and memory: a weighted sum has a scalar upstream gradient, so its forward
 runs forward_backward and keeps dx, dy, ds (O((M + N) D)); the backward only scales
@@ -22,7 +24,7 @@ statistics with the per-row upstream gradients.
 Without grad mode (or when nothing requires grad) only psd::forward runs.
 Teacher tensors never receive a gradient. No double backward.
 
-Tests: .venv/bin/python -m pytest tests/test_cpp.py -q
+Tests: .venv/bin/python -m pytest tests/test_cpp.py tests/test_cpp_siglip.py -q
 """
 from __future__ import annotations
 
@@ -182,3 +184,101 @@ def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_imag
     """weight * (sum of both directions' row losses) on one B x B matrix, gradients in the same sweeps."""
     return _run(image, text, scale, alpha_image, _diagonal(image), alpha_text, teacher_image, teacher_text,
                 teacher_scale, weight)
+
+
+# ---- the sigmoid (SigLIP) loss: psd::siglip_* (docs/siglip_loss.md, csrc/psd_siglip.cpp) ------
+#
+#     psd::siglip_forward            per-row sums row_i = sum_j softplus(l_ij) - q_ij l_ij (dot products only)
+#     psd::siglip_backward           dx, dy, ds, db for per-row upstream gradients (recomputes)
+#     psd::siglip_forward_backward   sum_i w_i row_i and its gradients in one sweep
+#
+# Differentiable inputs: x, y, scale, bias (positions 0-3); the rest (alphas, labels and the
+# teacher's tensors) get None. Autograd and memory as for the softmax ops above.
+
+@torch.library.register_fake("psd::siglip_forward")
+def _siglip_forward_fake(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                         teacher_bias):
+    return x.new_empty((x.shape[0],), dtype=compute_dtype(x.dtype))
+
+
+@torch.library.register_fake("psd::siglip_backward")
+def _siglip_backward_fake(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                          teacher_bias, grad_rows):
+    acc = compute_dtype(x.dtype)
+    return torch.empty_like(x), torch.empty_like(y), x.new_empty((), dtype=acc), x.new_empty((), dtype=acc)
+
+
+@torch.library.register_fake("psd::siglip_forward_backward")
+def _siglip_forward_backward_fake(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y,
+                                  teacher_scale, teacher_bias, weight_rows):
+    acc = compute_dtype(x.dtype)
+    return (x.new_empty((), dtype=acc), torch.empty_like(x), torch.empty_like(y), x.new_empty((), dtype=acc),
+            x.new_empty((), dtype=acc))
+
+
+_SIGLIP_N_ARGS = 11
+
+
+def _siglip_setup_forward(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:_SIGLIP_N_ARGS])  # optional inputs are saved as None
+
+
+def _siglip_forward_bwd(ctx, grad_rows):
+    args = list(ctx.saved_tensors)
+    x, scale, bias = args[0], args[2], args[3]
+    acc = compute_dtype(x.dtype)
+    grad_rows = torch.zeros(x.shape[0], dtype=acc, device=x.device) if grad_rows is None else grad_rows.to(acc)
+    dx, dy, ds, db = _ops.siglip_backward(*args, grad_rows)
+    return (dx, dy, ds.to(scale.dtype).reshape(scale.shape), db.to(bias.dtype).reshape(bias.shape)) + \
+        (None,) * (_SIGLIP_N_ARGS - 4)
+
+
+def _siglip_setup_forward_backward(ctx, inputs, output):
+    _, dx, dy, ds, db = output
+    ctx.set_materialize_grads(False)  # only the loss is differentiated (see _setup_forward_backward)
+    ctx.save_for_backward(dx, dy, ds, db)
+    ctx.scale_dtype, ctx.scale_shape = inputs[2].dtype, inputs[2].shape
+    ctx.bias_dtype, ctx.bias_shape = inputs[3].dtype, inputs[3].shape
+
+
+def _siglip_forward_backward_bwd(ctx, grad_loss, _gdx, _gdy, _gds, _gdb):
+    # the saved gradients are scaled in place and handed over, as in _forward_backward_bwd
+    dx, dy, ds, db = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * (_SIGLIP_N_ARGS + 1)
+    g = grad_loss.to(ds.dtype)
+    gs = (g * ds).to(ctx.scale_dtype).reshape(ctx.scale_shape)
+    gb = (g * db).to(ctx.bias_dtype).reshape(ctx.bias_shape)
+    return (dx.mul_(g.to(dx.dtype)), dy.mul_(g.to(dy.dtype)), gs, gb) + (None,) * (_SIGLIP_N_ARGS - 3)
+
+
+torch.library.register_autograd("psd::siglip_forward", _siglip_forward_bwd, setup_context=_siglip_setup_forward)
+torch.library.register_autograd("psd::siglip_forward_backward", _siglip_forward_backward_bwd,
+                                setup_context=_siglip_setup_forward_backward)
+
+
+def _siglip_run(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                teacher_bias, weight):
+    """Per-row sums (weight None) or weight * their sum, the gradient then computed in the same sweep."""
+    args = (x, y, scale, bias, alpha_rows, alpha_cols, labels, _detached(teacher_x), _detached(teacher_y),
+            _detached(teacher_scale), _detached(teacher_bias))
+    if weight is not None and _needs_grad(x, y, scale, bias):
+        w_rows = torch.full((x.shape[0],), weight, dtype=compute_dtype(x.dtype), device=x.device)
+        return _ops.siglip_forward_backward(*args, w_rows)[0]
+    rows = _ops.siglip_forward(*args)
+    return rows if weight is None else weight * rows.sum()
+
+
+def siglip_rows(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                teacher_bias):
+    """Per-row sigmoid losses row_i = sum_j softplus(l_ij) - q_ij l_ij, (M,) (backend contract of
+    psd_kernels.backends); differentiable in x, y, scale and bias, per-row upstream gradients honoured."""
+    return _siglip_run(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                       teacher_bias, None)
+
+
+def siglip_weighted_loss(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                         teacher_bias, weight):
+    """weight * sum_i row_i as a 0-dim tensor, its gradient computed in the same sweep (mean: 1/M, sum: 1)."""
+    return _siglip_run(x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale,
+                       teacher_bias, weight)

@@ -2,7 +2,7 @@
 
     launches = record(arch=90, sms=132, calls_=calls("bfloat16"))
 
-Each Call runs psd_kernels.psd_loss / psd_clip_loss (backend="triton") and its backward on
+Each Call runs psd_kernels.psd_loss / psd_clip_loss / psd_siglip_loss (backend="triton") and its backward on
 meta tensors: the host code of psd_kernels.backends.triton.launcher runs unchanged (shapes, strides, chunks,
 grids, column splits), while the launches themselves are intercepted. A meta tensor's
 data_ptr() is its byte offset, so a launch's pointers keep the alignment they have on a GPU
@@ -44,7 +44,7 @@ import os
 import torch
 
 from psd_kernels.backends.triton.launcher import COLUMN_STATS
-from psd_kernels.vocabulary import DTYPES, TEACHER_CASES, TEACHER_MODES
+from psd_kernels.vocabulary import DTYPES, OPS, TEACHER_CASES, TEACHER_MODES
 
 BATCHES = (1000, 4097, 32768, 65536)
 DIMS = (64, 100, 256, 500, 512, 768, 1024, 1152, 1280, 1536)
@@ -67,10 +67,12 @@ class Call:
     reduction: str = "none"      # "none" (per-row upstream gradients) or "mean" (the fused path; "sum" launches the same)
     column_stats: str = COLUMN_STATS[0]  # PSD_TRITON_COLUMN_STATS during the call
     mode: str = TEACHER_MODES[0]  # the teacher mode: cross, or within_modality (teacher "separate", dt = d)
+    op: str = OPS[0]             # psd_clip_loss (symmetric or one direction) or psd_siglip_loss
 
     def __str__(self):
         width = f"D={self.d}" + (f" D'={self.dt}" if self.teacher == "separate" else "")
-        return (f"{'clip' if self.symmetric else 'one-direction'} B={self.b} {width} {self.teacher} {self.dtype}"
+        kind = "siglip" if self.op == OPS[1] else "clip" if self.symmetric else "one-direction"
+        return (f"{kind} B={self.b} {width} {self.teacher} {self.dtype}"
                 + (f" {self.mode}" if self.mode != TEACHER_MODES[0] else "")
                 + (" offset" if self.offset else "") + (f" {self.reduction}" if self.reduction != "none" else "")
                 + (f" COLUMN_STATS={self.column_stats}" if self.column_stats != COLUMN_STATS[0] else ""))
@@ -122,7 +124,10 @@ def calls(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHER_CASES, modes=
     aligned and offset inputs, reductions "none" and "mean"; a separate teacher at D' = D and, at
     D = 512, at every other D' (the within-modality teacher at D' = D only). The symmetric calls
     once more under PSD_TRITON_COLUMN_STATS=second_pass (two forward sweeps without column
-    partials; "mean" then launches what "none" does); the one-direction loss does not read the switch."""
+    partials; "mean" then launches what "none" does); the one-direction loss does not read the switch.
+    The sigmoid loss (psd_siglip_loss) at the same B, D, teacher cases and widths, aligned and
+    offset, "none" (a loss-only sweep, then the gradient tiles per chunk) and "mean" (loss and
+    gradient tiles in one sweep)."""
     out = []
     for b in batches:
         for d in dims:
@@ -137,6 +142,9 @@ def calls(dtype: str, batches=BATCHES, dims=DIMS, teachers=TEACHER_CASES, modes=
                                 for column_stats in COLUMN_STATS if symmetric else COLUMN_STATS[:1]:
                                     out.append(Call(dtype, b, d, teacher, dt, symmetric, offset, reduction,
                                                     column_stats, mode))
+                            if mode == TEACHER_MODES[0]:  # the sigmoid loss: images against texts
+                                out += [Call(dtype, b, d, teacher, dt, offset=offset, reduction=reduction, op=OPS[1])
+                                        for offset in (False, True) for reduction in ("none", "mean")]
     return out
 
 
@@ -185,7 +193,13 @@ def _run_call(call: Call) -> None:
         tx, ty = (_meta(call.b, call.dt, dtype, call.offset, False) for _ in range(2))
         kwargs.update(teacher_scale=12.0, **dict(zip(("teacher_image", "teacher_text") if call.symmetric
                                                      else ("teacher_x", "teacher_y"), (tx, ty))))
-    if call.symmetric:
+    if call.op == OPS[1]:
+        bias = torch.tensor(-10.0, device="meta").requires_grad_()
+        if call.teacher == "self_scaled":
+            kwargs["teacher_bias"] = -2.0
+        loss = psd_kernels.psd_siglip_loss(x, y, scale, bias, alpha_image=0.3, reduction=call.reduction,
+                                           backend="triton", **kwargs)
+    elif call.symmetric:
         loss = psd_kernels.psd_clip_loss(x, y, scale, alpha_image=0.3, reduction=call.reduction, backend="triton",
                                          **kwargs)
     else:

@@ -451,3 +451,4 @@ def clip_weighted_loss(image, text, scale, alpha_image, alpha_text, teacher_imag
     return _ClipWeightedFunction.apply(_operand(image), _operand(text), scale, alpha_image.contiguous(),
                                        alpha_text.contiguous(), ti, tt, ts, teacher, float(weight), needs)
 
+from psd_kernels.backends.triton.siglip_launcher import siglip_rows, siglip_weighted_loss  # noqa: E402,F401  the sigmoid loss
