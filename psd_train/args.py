@@ -26,7 +26,7 @@ DISTILL_FLAGS = ("--distill-model", "--distill-pretrained")
 SCHEDULE_FLAGS = ("psd_alpha_max", "psd_schedule", "psd_ramp_steps", "psd_ramp_epochs", "psd_soft_fraction",
                   "psd_soft_fraction_start", "psd_soft_fraction_schedule", "psd_soft_fraction_ramp_steps",
                   "psd_soft_fraction_ramp_epochs", "psd_soft_fraction_preset", "psd_teacher", "psd_teacher_mode",
-                  "psd_teacher_scale", "psd_ema_momentum")
+                  "psd_teacher_scale", "psd_teacher_bias", "psd_ema_momentum")
 
 
 def psd_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,9 @@ def psd_parser() -> argparse.ArgumentParser:
     group.add_argument("--psd-teacher-scale", type=float, default=None,
                        help="fixed teacher scale s~ (exp of a logit scale, e.g. 50 for a softer "
                             "teacher than a student at 100); default: the teacher's own scale")
+    group.add_argument("--psd-teacher-bias", type=float, default=None,
+                       help="with --siglip: fixed teacher bias b~ of the sigmoid loss's teacher logits "
+                            "s~ <x~, y~> + b~; default: the teacher's own bias")
     group.add_argument("--psd-ema-momentum", type=float, default=0.99,
                        help="EMA teacher: t <- m t + (1 - m) student after every optimizer step")
     group.add_argument("--psd-backend", choices=("auto",) + BACKENDS, default="auto",
@@ -185,7 +188,13 @@ def check_combined(psd: argparse.Namespace, args: argparse.Namespace) -> None:
     if psd.psd_teacher != "distill" and distill:
         raise FlagError(f"--distill-model is given but --psd-teacher is {psd.psd_teacher!r}; "
                         "drop one of them")
-    if args.siglip or "coca" in args.model.lower():
-        raise FlagError("PSDLoss replaces the CLIP loss; SigLIP and CoCa models are not supported")
+    if "coca" in args.model.lower():
+        raise FlagError("psd_train replaces the contrastive loss; CoCa models (contrastive + captioning) are "
+                        "not supported")
+    if args.siglip and psd.psd_teacher_mode != "cross":
+        raise FlagError("--psd-teacher-mode within_modality is for the softmax loss; with --siglip the teacher "
+                        "scores the same image-text pairs (cross)")
+    if not args.siglip and psd.psd_teacher_bias is not None:
+        raise FlagError("--psd-teacher-bias is the sigmoid loss's teacher bias: it needs --siglip")
     if args.train_data is None and args.dataset_type != "synthetic":
         raise FlagError("--train-data is required")

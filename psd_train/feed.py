@@ -14,21 +14,22 @@ dist_text_features beside the student's, and the loop caches and concatenates th
 row like the student's. The teacher runs once per micro-batch: in the no_grad pass its
 outputs are kept, and the gradient pass over the same images tensor takes them back.
 
-The teacher's scale is one number per optimizer step (the teacher changes only between
-steps), not a per-row output the loop could concatenate, so the loss adapter passes the
-last one as dist_logit_scale (None when --psd-teacher-scale fixes it: PSDLoss then uses
-its own teacher_scale).
+The teacher's scale (and, for the sigmoid loss, its bias) is one number per optimizer step
+(the teacher changes only between steps), not a per-row output the loop could concatenate,
+so the loss adapter passes the last one as dist_logit_scale / dist_logit_bias (None when
+--psd-teacher-scale / --psd-teacher-bias fixes it: the loss then uses its own).
 
-The logit scale s is not a per-row output either: each of the N loss calls of a step gets
-the fresh s of its micro-batch, and every call's loss is the whole-batch loss L, so each
-backpropagates all of dL/ds and the step would sum N dL/ds. The loss adapter therefore
-hands PSDLoss
+The logit scale s is not a per-row output either, nor is the sigmoid loss's bias b: each of
+the N loss calls of a step gets the fresh s (and b) of its micro-batch, and every call's loss
+is the whole-batch loss L, so each backpropagates all of dL/ds and the step would sum N dL/ds.
+The loss adapter therefore hands the loss
 
     s' = s.detach() + (s - s.detach()) / N        value s (s - s is exactly 0), ds'/ds = 1/N
 
-so the N calls add up to exactly dL/ds, the one-batch gradient, as every other parameter
-gets. The graph still reaches s in every call, which DistributedDataParallel needs (it waits
-for a gradient of every parameter the forward used).
+and b' the same way, so the N calls add up to exactly dL/ds and dL/db, the one-batch
+gradients, as every other parameter gets. The graph still reaches s and b in every call,
+which DistributedDataParallel needs (it waits for a gradient of every parameter the forward
+used).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class StudentWithTeacher(nn.Module):
         self.student = student
         self._teacher = (teacher,)  # a tuple, not a submodule: model.parameters() stays the student's
         self._kept: deque = deque()  # (images, teacher outputs) of the no_grad pass, in loop order
-        self.teacher_scale = None
+        self.teacher_scale = self.teacher_bias = None
 
     @property
     def module(self) -> nn.Module:
@@ -68,26 +69,35 @@ class StudentWithTeacher(nn.Module):
                 teacher = self._teacher[0](images, texts)
             if not torch.is_grad_enabled():  # the caching pass of --accum-freq
                 self._kept.append((images, teacher))
-        self.teacher_scale = teacher.get("logit_scale")
+        self.teacher_scale, self.teacher_bias = teacher.get("logit_scale"), teacher.get("logit_bias")
         out["dist_image_features"] = teacher["image_features"]
         out["dist_text_features"] = teacher["text_features"]
         return out
 
     def loss(self, loss_fn: nn.Module):
-        """loss_fn with this teacher's scale added as dist_logit_scale."""
+        """loss_fn with this teacher's scale added as dist_logit_scale, and its bias as dist_logit_bias
+        when the teacher passes one (the sigmoid loss's teachers: psd_train.teachers.TeacherView)."""
         def loss_with_teacher_scale(**inputs):
+            if self.teacher_bias is not None:
+                inputs["dist_logit_bias"] = self.teacher_bias
             return loss_fn(**inputs, dist_logit_scale=self.teacher_scale)
         return loss_with_teacher_scale
 
 
 def scale_counted_once(loss_fn, accum_freq: int):
-    """loss_fn, with the logit scale's gradient divided by accum_freq in each call (module docstring)."""
+    """loss_fn, with the gradients of the logit scale and of the logit bias (the sigmoid loss's)
+    divided by accum_freq in each call (module docstring)."""
     if accum_freq == 1:
         return loss_fn
 
+    def once(t):
+        fixed = t.detach()
+        return fixed + (t - fixed) / accum_freq
+
     def loss_with_scale_counted_once(logit_scale, **inputs):
-        fixed = logit_scale.detach()
-        return loss_fn(logit_scale=fixed + (logit_scale - fixed) / accum_freq, **inputs)
+        if inputs.get("logit_bias") is not None:
+            inputs["logit_bias"] = once(inputs["logit_bias"])
+        return loss_fn(logit_scale=once(logit_scale), **inputs)
     return loss_with_scale_counted_once
 
 

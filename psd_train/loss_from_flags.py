@@ -1,4 +1,7 @@
-"""PSDLoss from the --psd-* flags: the alpha schedule, the soft-fraction schedule, the teacher options.
+"""The PSD loss from the --psd-* flags: the alpha schedule, the soft-fraction schedule, the teacher options.
+
+With open_clip_train's --siglip it is PSDSigLipLoss (the sigmoid loss, with --loss-dist-impl as
+its dist_impl and --psd-teacher-bias as its fixed teacher bias), else PSDLoss.
 
 Both schedules count optimizer steps t (docs/schedules.md), with E = steps per epoch =
 open_clip_train's batches per epoch // --accum-freq:
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from psd_kernels import BACKENDS, PSDLoss
+from psd_kernels import BACKENDS, PSDLoss, PSDSigLipLoss
 from psd_kernels.backends import BackendUnavailable, load_backend, resolve_backend
 from psd_train.args import FRACTION_PRESETS
 
@@ -46,19 +49,23 @@ def soft_fraction_options(psd: argparse.Namespace, alpha_ramp: int, steps_per_ep
             "soft_fraction_ramp_steps": ramp}
 
 
-def make_loss(psd: argparse.Namespace, args: argparse.Namespace, steps_per_epoch: int) -> PSDLoss:
-    """PSDLoss for open_clip_train's parsed args, advanced by the caller once per optimizer step."""
+def make_loss(psd: argparse.Namespace, args: argparse.Namespace, steps_per_epoch: int) -> PSDLoss | PSDSigLipLoss:
+    """The PSD loss for open_clip_train's parsed args, advanced by the caller once per optimizer step."""
     alpha_ramp = ramp_steps(psd.psd_ramp_steps, psd.psd_ramp_epochs, args.epochs * steps_per_epoch, steps_per_epoch)
-    return PSDLoss(alpha_max=psd.psd_alpha_max, schedule=psd.psd_schedule, ramp_steps=alpha_ramp,
-                   **soft_fraction_options(psd, alpha_ramp, steps_per_epoch), steps_per_epoch=steps_per_epoch,
-                   step_per_forward=False, seed=args.seed, teacher_scale=psd.psd_teacher_scale,
-                   teacher_mode=psd.psd_teacher_mode, backend=psd.psd_backend, local_loss=args.local_loss,
-                   gather_with_grad=args.gather_with_grad, rank=args.rank, world_size=args.world_size)
+    common = dict(alpha_max=psd.psd_alpha_max, schedule=psd.psd_schedule, ramp_steps=alpha_ramp,
+                  **soft_fraction_options(psd, alpha_ramp, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+                  step_per_forward=False, seed=args.seed, teacher_scale=psd.psd_teacher_scale,
+                  backend=psd.psd_backend, rank=args.rank, world_size=args.world_size)
+    if args.siglip:
+        return PSDSigLipLoss(dist_impl=args.loss_dist_impl, teacher_bias=psd.psd_teacher_bias, **common)
+    return PSDLoss(teacher_mode=psd.psd_teacher_mode, local_loss=args.local_loss,
+                   gather_with_grad=args.gather_with_grad, **common)
 
 
-def backend_in_use(loss: PSDLoss, features) -> str:
+def backend_in_use(loss: PSDLoss | PSDSigLipLoss, features) -> str:
     """The backend name (reference, cpp, triton) that `loss` runs on features of this device and dtype."""
-    module = resolve_backend(loss.backend, features.device, features.dtype)
+    op = "siglip_rows" if isinstance(loss, PSDSigLipLoss) else "psd_rows"
+    module = resolve_backend(loss.backend, features.device, features.dtype, op)
     for name in BACKENDS:
         try:
             if load_backend(name) is module:

@@ -143,8 +143,9 @@ class _Run:
 
     def train_one_epoch(self, model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
                         tb_writer=None):
-        """Stands in for open_clip_train.main.train_one_epoch. `loss` (open_clip's ClipLoss) gives way
-        to PSDLoss; `dist_model` is None (the teacher travels with the model, psd_train.feed)."""
+        """Stands in for open_clip_train.main.train_one_epoch. `loss` (open_clip's ClipLoss, or SigLipLoss
+        with --siglip) gives way to PSDLoss (PSDSigLipLoss); `dist_model` is None (the teacher travels
+        with the model, psd_train.feed)."""
         if self.args is None:
             self._start(model, data, epoch, optimizer, args)
         _seed_epoch(args.seed, epoch)
@@ -170,7 +171,8 @@ class _Run:
         self.loss = make_loss(self.psd, args, self.steps_per_epoch)
         distill_model = load_distill_model(*self.distill, args) if self.psd.psd_teacher == "distill" else None
         self.teacher = Teacher(self.psd.psd_teacher, self.psd.psd_ema_momentum,
-                               fixed_scale=self.psd.psd_teacher_scale is not None, distill_model=distill_model)
+                               fixed_scale=self.psd.psd_teacher_scale is not None, distill_model=distill_model,
+                               keep_bias=args.siglip and self.psd.psd_teacher_bias is None)
         self.step = start_epoch * self.steps_per_epoch
         if args.resume is not None and start_epoch > 0:
             state = find_psd_state(args.resume)

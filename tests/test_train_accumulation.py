@@ -19,11 +19,12 @@ import pytest
 pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import math  # noqa: E402
 
 import torch  # noqa: E402
 from open_clip_train.train import train_one_epoch  # noqa: E402
 
-from psd_kernels import PSDLoss  # noqa: E402
+from psd_kernels import PSDLoss, PSDSigLipLoss  # noqa: E402
 from psd_train.demo.model import create_demo_model  # noqa: E402
 from psd_train.feed import for_loop  # noqa: E402
 from psd_train.teachers import Teacher  # noqa: E402
@@ -58,40 +59,48 @@ def _loop_args(accum_freq, batch_size):
                               log_every_n_steps=1, world_size=1, rank=0, local_rank=0, wandb=False)
 
 
-@pytest.fixture(scope="module")
-def setup():
+SIGLIP_INIT = dict(init_logit_scale=math.log(10), init_logit_bias=-10)  # open_clip_train's for --siglip
+
+
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def setup(request):
     torch.manual_seed(0)
-    student, _, _, tokenizer = create_demo_model()
+    kwargs = SIGLIP_INIT if request.param == "siglip" else {}
+    student, _, _, tokenizer = create_demo_model(**kwargs)
     student = student.double()
-    other, _, _, _ = create_demo_model()  # a differently initialised frozen model (distill teacher)
+    other, _, _, _ = create_demo_model(**kwargs)  # a differently initialised frozen model (distill teacher)
     for model in (student, other):
         model.output_dict = True  # as open_clip_train creates its models
     images = torch.rand(N * B, 3, 32, 32, dtype=torch.float64)
     texts = tokenizer([f"a {['thin', 'thick', 'small'][i % 3]} digit {i} on the left" for i in range(N * B)])
-    return student, other.double().eval().requires_grad_(False), images, texts
+    return request.param, student, other.double().eval().requires_grad_(False), images, texts
 
 
-def _teacher(kind, student, other):
+def _teacher(kind, student, other, siglip):
     if kind in ("self", "self_scale5"):
         return None
     if kind == "prev_epoch":  # epoch 1's teacher: the student as it ended epoch 0
-        return Teacher("prev_epoch").for_epoch(student, 1)
+        return Teacher("prev_epoch", keep_bias=siglip).for_epoch(student, 1)
     if kind == "ema":
-        teacher = Teacher("ema")
+        teacher = Teacher("ema", keep_bias=siglip)
         view = teacher.for_epoch(student, 0)
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():  # an EMA some steps in: near the student, not equal to it
             for p in teacher.model.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
         return view
-    return Teacher("distill", distill_model=other).for_epoch(student, 0)
+    return Teacher("distill", distill_model=other, keep_bias=siglip).for_epoch(student, 0)
 
 
 def _run(kind, mode, setup, accum):
-    base, other, images, texts = setup
+    loss_kind, base, other, images, texts = setup
     student = copy.deepcopy(base)
-    loss_fn = PSDLoss(alpha_max=0.5, schedule="constant", soft_fraction=0.5, step_per_forward=False,
-                      teacher_scale=5.0 if kind == "self_scale5" else None, teacher_mode=mode)
+    options = dict(alpha_max=0.5, schedule="constant", soft_fraction=0.5, step_per_forward=False,
+                   teacher_scale=5.0 if kind == "self_scale5" else None)
+    if loss_kind == "siglip":
+        loss_fn = PSDSigLipLoss(teacher_bias=-3.0 if kind == "self_scale5" else None, **options)
+    else:
+        loss_fn = PSDLoss(teacher_mode=mode, **options)
     calls, grads = [], {}
 
     def before(module, args, kwargs):
@@ -111,7 +120,7 @@ def _run(kind, mode, setup, accum):
     optimizer.register_step_post_hook(lambda *a: loss_fn.advance())
     rows = B if accum else N * B
     batches = [(images[i:i + rows], texts[i:i + rows]) for i in range(0, N * B, rows)]
-    teacher = _teacher(kind, student, other)
+    teacher = _teacher(kind, student, other, loss_kind == "siglip")
     teacher_rows = []
     if teacher is not None:
         teacher.register_forward_hook(lambda module, inputs, out: teacher_rows.append(len(inputs[0])))
@@ -132,6 +141,8 @@ def _diff(a, b):
 @pytest.mark.parametrize("kind, mode", [("self", "cross"), ("self_scale5", "cross"), ("ema", "cross"),
                                         ("prev_epoch", "within_modality"), ("distill", "within_modality")])
 def test_accumulation_matches_one_batch(kind, mode, setup):
+    if setup[0] == "siglip" and mode != "cross":
+        mode = "cross"  # the sigmoid loss has one teacher mode
     accum_calls, accum_grads = _run(kind, mode, setup, accum=True)
     (one,), one_grads = _run(kind, mode, setup, accum=False)
     assert len(accum_calls) == N
@@ -147,6 +158,8 @@ def test_accumulation_matches_one_batch(kind, mode, setup):
     scale_ratio = (accum_grads["logit_scale"] / one_grads["logit_scale"]).item()
     worst_param = max(params.values(), key=lambda d: d[1])
     assert one_grads["logit_scale"].abs().item() > 0  # a scale gradient to compare
+    if setup[0] == "siglip":  # a bias gradient to compare, counted once like the scale's
+        assert one_grads["logit_bias"].abs().max().item() > 0 and "logit_bias" in params
     print(f"\n[accumulation {kind}/{mode}, N={N} x b={B}, float64] loss: max rel diff {loss_rel:.1e}; "
           f"feature grads: image {feature['image_features'][0]:.1e} abs / {feature['image_features'][1]:.1e} rel, "
           f"text {feature['text_features'][0]:.1e} / {feature['text_features'][1]:.1e}; parameter grads "

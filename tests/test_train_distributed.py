@@ -6,7 +6,8 @@ Each run is `torch.distributed.run --standalone --nproc_per_node 2` of
 tests/train_distributed_worker.py (one rank of `python -m psd_train`, recorded) on a 64-image
 slice of the demo data with psd-tiny: 8 rows per rank, 4 optimizer steps per epoch, 2 epochs,
 soft fraction 0.5. For every teacher (self at another scale, EMA, previous epoch, frozen
-distill from a local checkpoint) and for the EMA teacher with --accum-freq 2: the job exits 0,
+distill from a local checkpoint), for the EMA teacher with --accum-freq 2 and for the EMA
+teacher on the sigmoid loss (--siglip, PSDSigLipLoss): the job exits 0,
 the student and the EMA / previous-epoch teacher end identical on both ranks, the ranks draw
 different soft subsets, and only rank 0 writes the logs, the step log, TensorBoard and the
 checkpoints. A job SIGKILLed in the middle of epoch 1 and resumed with --resume latest ends
@@ -88,6 +89,7 @@ TEACHER_FLAGS = {
     "prev_epoch": ["--psd-teacher", "prev_epoch"],
     "distill": ["--distill-model", "psd-tiny", "--distill-pretrained", None],
     "ema_accum2": ["--psd-teacher", "ema", "--psd-ema-momentum", "0.8", "--batch-size", "4", "--accum-freq", "2"],
+    "siglip_ema": ["--siglip", "--psd-teacher", "ema", "--psd-ema-momentum", "0.8"],
 }
 
 
@@ -124,7 +126,7 @@ def test_two_ranks_train_in_step(teacher, runs):
     assert one["student"].keys() == two["student"].keys()
     for name, value in one["student"].items():
         assert torch.equal(value, two["student"][name]), name
-    if teacher in ("ema", "ema_accum2", "prev_epoch"):
+    if teacher in ("ema", "ema_accum2", "prev_epoch", "siglip_ema"):
         assert one["teacher"] is not None
         for name, value in one["teacher"].items():
             assert torch.equal(value, two["teacher"][name]), name

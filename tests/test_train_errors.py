@@ -55,7 +55,8 @@ def test_bad_data_files_are_reported(problem, match, data, tmp_path):
     (["--psd-alpha-max", "1.5"], "alpha-max"),
     (["--psd-teacher", "distill"], "distill-model"),
     (["--psd-ramp-steps", "3", "--psd-ramp-epochs", "1"], "not both"),
-    (["--siglip"], "SigLIP"),
+    (["--model", "coca_ViT-B-32"], "CoCa models"),
+    (["--psd-teacher-bias", "-2"], "needs --siglip"),
 ])
 def test_bad_flags_are_reported(flags, match, data, tmp_path):
     with pytest.raises(FlagError, match=match):

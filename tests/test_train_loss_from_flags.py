@@ -7,16 +7,18 @@ import argparse
 import pytest
 
 from psd_train.args import split_args
+from psd_kernels import PSDSigLipLoss
 from psd_train.errors import FlagError
 from psd_train.loss_from_flags import make_loss
 
 STEPS_PER_EPOCH = 10
 
 
-def loss_for(*flags, epochs=4):
+def loss_for(*flags, epochs=4, siglip=False, loss_dist_impl=None):
     psd, rest = split_args(list(flags))
     assert rest == []
-    args = argparse.Namespace(epochs=epochs, seed=0, local_loss=False, gather_with_grad=False, rank=0, world_size=1)
+    args = argparse.Namespace(epochs=epochs, seed=0, local_loss=False, gather_with_grad=False, rank=0, world_size=1,
+                              siglip=siglip, loss_dist_impl=loss_dist_impl)
     return make_loss(psd, args, STEPS_PER_EPOCH)
 
 
@@ -77,3 +79,13 @@ def test_seed_preset_is_the_paper_setting():
 def test_bad_soft_fraction_flags(flags, match):
     with pytest.raises(FlagError, match=match):
         split_args(flags)
+
+
+def test_siglip_gives_the_sigmoid_loss_with_the_same_schedules():
+    loss = loss_for("--psd-alpha-max", "0.4", "--psd-soft-fraction-preset", "seed", "--psd-teacher-scale", "5",
+                    "--psd-teacher-bias", "-3", epochs=12, siglip=True, loss_dist_impl="gather")
+    assert isinstance(loss, PSDSigLipLoss) and loss.dist_impl == "gather"
+    assert (loss.teacher_scale, loss.teacher_bias, loss.step_per_forward) == (5.0, -3.0, False)
+    assert (loss.schedule.kind, loss.schedule.ramp_steps) == ("linear", 120)
+    assert fractions(loss, [0, 10, 90]) == pytest.approx([0.1, 0.2, 1.0])
+    assert loss_for("--psd-alpha-max", "0.4", siglip=True).dist_impl == "bidir"  # open_clip's default

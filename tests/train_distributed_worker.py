@@ -9,7 +9,7 @@ and saves OUT/rank<r>.pt, recorded through wrappers around psd_train's own funct
     student      the student's state_dict at the end
     teacher      the EMA / previous-epoch teacher's state_dict at the end (None for self, distill)
     soft         {(step, stream): the indices of the soft rows this rank drew at that step}
-    loss_world   the world size PSDLoss was built for
+    loss_world   the world size the PSD loss (PSDLoss, PSDSigLipLoss) was built for
     written      the paths this rank wrote through psd_train's step log and checkpoint writers
     tensorboard  whether this rank was handed a TensorBoard writer
     status       run_command's exit status
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import psd_train.main as psd_main
-from psd_kernels.loss import PSDLoss
+from psd_kernels.loss import ScheduledLoss
 from psd_train.errors import run_command
 
 
@@ -43,10 +43,10 @@ def main() -> int:
     record = {"soft": {}, "written": [], "tensorboard": False}
     runs = []
 
-    row_alpha = PSDLoss._row_alpha
+    row_alpha = ScheduledLoss._row_alpha  # PSDLoss's and PSDSigLipLoss's soft subsets
 
-    def recording_row_alpha(self, alpha, rows, stream, like):
-        out = row_alpha(self, alpha, rows, stream, like)
+    def recording_row_alpha(self, alpha, stream, rows, like):
+        out = row_alpha(self, alpha, stream, rows, like)
         record["loss_world"] = self.world_size
         if isinstance(out, torch.Tensor):
             record["soft"][(self.step, stream)] = out.nonzero().flatten().tolist()
@@ -70,7 +70,7 @@ def main() -> int:
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    PSDLoss._row_alpha = recording_row_alpha
+    ScheduledLoss._row_alpha = recording_row_alpha
     psd_main._Run.__init__, psd_main._Run._end_epoch, psd_main._Run._after_step = keep_run, note_writer, kill_at
     psd_main.append_csv_rows = _recorded(psd_main.append_csv_rows, record)
     psd_main.atomic_save = _recorded(psd_main.atomic_save, record, path_index=1)

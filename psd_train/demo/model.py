@@ -42,10 +42,11 @@ def register_demo_models() -> list[str]:
     return names
 
 
-def create_demo_model(name: str = DEMO_MODEL, device="cpu"):
-    """(model, preprocess_train, preprocess_val, tokenizer) of a registered demo model, randomly initialised."""
+def create_demo_model(name: str = DEMO_MODEL, device="cpu", **model_kwargs):
+    """(model, preprocess_train, preprocess_val, tokenizer) of a registered demo model, randomly initialised;
+    model_kwargs as open_clip_train passes them (--siglip: init_logit_scale=log(10), init_logit_bias=-10)."""
     import open_clip
     register_demo_models()
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, device=device, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+        name, device=device, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, **model_kwargs)
     return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
