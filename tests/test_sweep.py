@@ -100,10 +100,13 @@ def test_tables_have_sizes_gap_and_memorisation(sweep):
     assert "| 50% |" in regime and "of 32)" in regime  # 32 of the 64 captions were swapped
 
 
-def test_born_again_without_the_clip_run_is_refused(tmp_path):
+def test_born_again_without_its_baseline_run_is_refused(tmp_path):
     assert CLIP_CHECKPOINT in METHODS["born_again"].flags()
-    with pytest.raises(FlagError, match="needs the finished CLIP run"):
+    with pytest.raises(FlagError, match="needs the finished clip run"):
         method_flags("born_again", str(tmp_path / "missing.pt"))
+    with pytest.raises(FlagError, match=r"needs the finished siglip run .* \(run --methods siglip first\)"):
+        method_flags("siglip_born_again", str(tmp_path / "missing.pt"))
+    assert METHODS["siglip_ema_teacher"].flags()[:3] == ["--siglip", "--psd-teacher", "ema"]
     assert method_flags("pskd") == METHODS["pskd"].flags() == ["--psd-teacher", "prev_epoch", "--psd-alpha-max", "0.8"]
 
 

@@ -35,6 +35,13 @@ resolved them) and the summary's first table shows them per method.
     self, self_scale7, ema, prev_epoch, within_modality
                  the earlier short-budget teachers, alpha 0.3 (self_scale7: teacher scale 7; ema:
                  momentum 0.95; within_modality: self with --psd-teacher-mode within_modality)
+    siglip, siglip_ema_teacher, siglip_born_again
+                 the sigmoid loss (--siglip: open_clip_train's SigLIP model with a logit bias,
+                 PSDSigLipLoss): plain SigLIP (alpha = 0), and ema_teacher and born_again on it
+                 (siglip_born_again's teacher is this sweep's SigLIP run on the same data and seed)
+
+Summaries compare each method with --baseline on the same seeds (default clip; siglip for the
+sigmoid-loss methods).
 """
 from __future__ import annotations
 
@@ -55,24 +62,33 @@ from psd_train.errors import FlagError, run_command
 from psd_train.main import main as train_main
 from psd_train.runlog import append_csv_rows
 
-# Stands for the final checkpoint of the CLIP run with the same data and seed.
+# Stands for the final checkpoint of the method's baseline run (CLIP, or SigLIP for the sigmoid loss)
+# with the same data and seed.
 CLIP_CHECKPOINT = "{clip_checkpoint}"
+BASELINES = ("clip", "siglip")
 
 
 @dataclass(frozen=True)
 class Method:
     """A PSD teacher of the sweep: the trainer's --psd-teacher kind, its --psd-alpha-max, and the
-    flags where it departs from the trainer's defaults (flag -> value); nothing else is set."""
+    flags where it departs from the trainer's defaults (flag -> value); nothing else is set.
+    siglip: the sigmoid loss (--siglip), whose baseline run is "siglip" instead of "clip"."""
 
     teacher: str
     alpha_max: float
     overrides: dict = field(default_factory=dict)
+    siglip: bool = False
 
     def __post_init__(self):
         assert self.teacher in TEACHER_SOURCES, self.teacher
 
+    @property
+    def baseline(self) -> str:
+        return BASELINES[self.siglip]
+
     def flags(self) -> list[str]:
-        out = ["--psd-teacher", self.teacher, "--psd-alpha-max", f"{self.alpha_max:g}"]
+        out = ["--siglip"] if self.siglip else []
+        out += ["--psd-teacher", self.teacher, "--psd-alpha-max", f"{self.alpha_max:g}"]
         for flag, value in self.overrides.items():
             out += [flag, value]
         return out
@@ -95,6 +111,11 @@ METHODS = {
     "ema": Method("ema", ALPHA, {"--psd-ema-momentum": "0.95"}),
     "prev_epoch": Method("prev_epoch", ALPHA),
     "within_modality": Method("self", ALPHA, {"--psd-teacher-mode": "within_modality"}),
+    # the sigmoid loss
+    "siglip": Method("self", 0.0, siglip=True),
+    "siglip_ema_teacher": Method("ema", 0.4, ONE_EPOCH, siglip=True),
+    "siglip_born_again": Method("distill", 0.5, {"--psd-schedule": "constant", "--distill-model": DEMO_MODEL,
+                                                 "--distill-pretrained": CLIP_CHECKPOINT}, siglip=True),
 }
 DEFAULT_METHODS = ("clip", "pskd", "albef_ema", "self_sharp", "born_again", "progressive")
 RESULTS = "results.csv"
@@ -115,12 +136,13 @@ def train_flags(data: dict, *, batch_size: int, epochs: int, lr: float, warmup: 
 
 
 def method_flags(method: str, clip_checkpoint: str | None = None) -> list[str]:
-    """METHODS[method]'s trainer flags, with the CLIP checkpoint filled in (born_again)."""
+    """METHODS[method]'s trainer flags, with its baseline's checkpoint filled in (born_again)."""
     flags = METHODS[method].flags()
     if CLIP_CHECKPOINT in flags:
+        baseline = METHODS[method].baseline
         if clip_checkpoint is None or not os.path.isfile(clip_checkpoint):
-            raise FlagError(f"method {method} needs the finished CLIP run of the same data and seed as its "
-                            f"teacher; {clip_checkpoint} does not exist (run --methods clip first)")
+            raise FlagError(f"method {method} needs the finished {baseline} run of the same data and seed as its "
+                            f"teacher; {clip_checkpoint} does not exist (run --methods {baseline} first)")
         flags[flags.index(CLIP_CHECKPOINT)] = clip_checkpoint
     return flags
 
@@ -156,7 +178,7 @@ def run_sweep(a) -> None:
     results = os.path.join(a.out, RESULTS)
     done = done_runs(results)
     methods = a.methods or list(DEFAULT_METHODS)
-    methods = sorted(dict.fromkeys(methods), key=lambda m: m != "clip")  # CLIP first: born_again needs it
+    methods = sorted(dict.fromkeys(methods), key=lambda m: m not in BASELINES)  # first: born_again needs them
     epochs_of = _epochs_per_size(a)
     total = len(a.n_train) * len(a.seeds) * len(a.noise) * len(methods)
     count = 0
@@ -167,9 +189,9 @@ def run_sweep(a) -> None:
                 data = build_demo_data(os.path.join(a.out, "data", f"n{n_train}_noise{noise}_seed{seed}"),
                                        noise=noise, seed=seed, n_train=n_train, n_val=a.n_val, n_test=a.n_test,
                                        source=a.source, progress=False)
-                clip_checkpoint = os.path.join(logs, run_name("clip", n_train, noise, seed), "checkpoints",
-                                               "psd_latest.pt")
                 for method in methods:
+                    clip_checkpoint = os.path.join(logs, run_name(METHODS[method].baseline, n_train, noise, seed),
+                                                   "checkpoints", "psd_latest.pt")
                     count += 1
                     if (method, n_train, noise, seed) in done:
                         continue
@@ -212,14 +234,16 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (the curves)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 suits a shared machine)")
     p.add_argument("--summarize", action="store_true", help="only print the tables from results.csv")
+    p.add_argument("--baseline", choices=BASELINES, default="clip",
+                   help="the method every other one is compared with on the same seeds")
     a = p.parse_args(argv)
     if not a.summarize:
         _epochs_per_size(a)
     os.makedirs(a.out, exist_ok=True)
     if not a.summarize:
         run_sweep(a)
-    print(summarize(os.path.join(a.out, RESULTS)))
-    print(regime_tables(os.path.join(a.out, RESULTS)))
+    print(summarize(os.path.join(a.out, RESULTS), baseline=a.baseline))
+    print(regime_tables(os.path.join(a.out, RESULTS), method=a.baseline))
     return 0
 
 
