@@ -232,11 +232,16 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, b_, rtol=1e-6, atol=1e-7)
 
 
-def test_cuda_build_reports_its_compiled_archs():
+OPS = ("forward", "backward", "forward_backward", "siglip_forward", "siglip_backward", "siglip_forward_backward")
+
+
+def test_every_op_is_registered_for_cpu_and_for_cuda_when_built():
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"psd::{op}", "CPU"), op
     info = build_info()
     if not info["cuda_built"]:
         pytest.skip(f"CUDA part not built: {info['cuda_reason']}")
-    for op in ("forward", "backward", "forward_backward"):
+    for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"psd::{op}", "CUDA"), op
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from psd_kernels import psd_siglip_loss
-from psd_kernels.backends import BackendUnavailable, resolve_backend
+from psd_kernels.backends import available_backends
 
 pytest.importorskip("open_clip", reason="compares with open_clip's SigLipLoss")
 
@@ -36,14 +36,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def siglip_cpu_backends() -> list:
-    found = []
-    for name in ("reference", "cpp"):
-        try:
-            resolve_backend(name, torch.device("cpu"), torch.float64, "siglip_rows")
-        except BackendUnavailable:
-            continue
-        found.append(name)
-    return found
+    """The backends that run the sigmoid loss on CPU in float64 (the reference, the C++ op when built)."""
+    return [name for name, why_not in available_backends("cpu", torch.float64, "siglip_rows").items() if why_not is None]
 
 
 @pytest.fixture(scope="module", params=WORLDS, ids=lambda w: f"W{w}")

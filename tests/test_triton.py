@@ -27,9 +27,6 @@ interpreted cases are skipped with that reason; the compile check still compiles
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +36,6 @@ import triton_interpreter
 from psd_kernels.tools import against_reference as A
 from psd_kernels.vocabulary import TEACHER_CASES
 
-ROOT = Path(__file__).resolve().parents[1]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRETED and triton_interpreter.fault():
     pytest.skip(triton_interpreter.fault(), allow_module_level=True)
@@ -295,20 +291,9 @@ def test_gpu_tensor_core_results_match_reference(dtype, teacher, monkeypatch):
         check_symmetric(b, d, dtype, "cuda", teacher)
 
 
-def _child(args, timeout):
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.mark.skipif(INTERPRETED, reason="this is the launcher of the interpreted run")
 def test_interpreted_cases_pass_in_a_triton_interpret_child():
-    pytest.importorskip("triton")
-    if triton_interpreter.fault():
-        pytest.skip(triton_interpreter.fault())
-    proc = _child(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))], timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+    triton_interpreter.assert_file_passes_interpreted(__file__)
 
 
 @pytest.mark.skipif(INTERPRETED, reason="the dry run launches its own interpreted child")
@@ -317,7 +302,8 @@ def test_device_check_dry_run_writes_a_table_without_failures(tmp_path):
     pytest.importorskip("triton")
     if triton_interpreter.fault():
         pytest.skip(triton_interpreter.fault())
-    proc = _child(["benchmarks/device_check.py", "--dry-run", "--out", str(tmp_path)], timeout=300)
+    proc = triton_interpreter.run_child(["benchmarks/device_check.py", "--dry-run", "--out", str(tmp_path)],
+                                        timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = (tmp_path / "device_check.md").read_text()
     assert "| triton |" in table and "FAIL" not in table, table

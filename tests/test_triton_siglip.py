@@ -24,9 +24,6 @@ remain), "tensor_cores" on a GPU (fp32 2e-5; fp16 1e-3 / 4e-3; bf16 8e-3 / 3e-2)
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -35,7 +32,6 @@ import triton_interpreter
 from psd_kernels.backends import siglip_reference
 from psd_kernels.tools import against_reference as A
 
-ROOT = Path(__file__).resolve().parents[1]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRETED and triton_interpreter.fault():
     pytest.skip(triton_interpreter.fault(), allow_module_level=True)
@@ -234,17 +230,6 @@ class TestGPU:
             check(m, n, d, dtype, "cuda", teacher, reduction, dt=48 if d != 3 else 5)
 
 
-def _child(args, timeout):
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.mark.skipif(INTERPRETED, reason="this is the launcher of the interpreted run")
 def test_interpreted_cases_pass_in_a_triton_interpret_child():
-    pytest.importorskip("triton")
-    if triton_interpreter.fault():
-        pytest.skip(triton_interpreter.fault())
-    proc = _child(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))], timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+    triton_interpreter.assert_file_passes_interpreted(__file__)

@@ -121,8 +121,10 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, op: str
     return module
 
 
-def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-    """Map each backend name to None (usable on `device`/`dtype`) or the reason it is not."""
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       op: str = "psd_rows") -> dict:
+    """Map each backend name to None (runs `op` on `device`/`dtype`: "psd_rows", the softmax loss, or
+    "siglip_rows", the sigmoid loss) or the reason it does not."""
     device = torch.device(device)
     status = {}
     for name in BACKENDS:
@@ -131,7 +133,7 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
         except BackendUnavailable as exc:
             status[name] = str(exc)
             continue
-        status[name] = module.supports(device, dtype)
+        status[name] = _reason(module, device, dtype, op)
     return status
 
 
