@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             recorder.row(OP, provider, "full", "time", "ms", "W", world, result["ms"], config=config)
             recorder.line(f"| {provider} | {world} | {mib:.1f} | {result['ms']:.0f} |")
     if not args.no_csv:
-        print(f"appended rows to {recorder.write(args.out, f'{OP}.csv')}")
+        print(f"appended rows to {recorder.write(args.out, OP)}")
     return 0
 
 
