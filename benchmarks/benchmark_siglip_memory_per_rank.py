@@ -11,7 +11,7 @@ Providers: psd-siglip (PSDSigLipLoss, backend auto: the C++ op when built) and o
 SigLipLoss with dist_impl bidir (its default) and gather. open_clip keeps a b x b logit block
 and its elementwise intermediates per peer for the backward, so its memory grows by O(W b^2);
 psd gathers the N x D texts once (and their gradient), O(W b D). Rows (op psd_siglip_loss,
-metric memory_per_rank / time, x = W) go to benchmarks/data/psd_siglip_loss.csv through
+metric memory_per_rank / time, x = W) go to benchmarks/data/psd_siglip_loss_memory_per_rank.csv (and its table to .md) through
 benchmarks/rows.py, stamped with the commit.
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             recorder.row(OP, provider, "full", "time", "ms", "W", world, result["ms"], config=config)
             recorder.line(f"| {provider} | {world} | {mib:.1f} | {result['ms']:.0f} |")
     if not args.no_csv:
-        print(f"appended rows to {recorder.write(args.out, OP)}")
+        print(f"appended rows to {recorder.write(args.out, f'{OP}_memory_per_rank')}")
     return 0
 
 
