@@ -13,7 +13,7 @@ hand-written chunked PyTorch loss, open_clip's ClipLoss (no_teacher) and ClipLos
 DistillClipLoss (with a teacher), and Inf-CL (no_teacher, CUDA only, D a multiple of 256).
 Modes: forward, backward and full (forward + backward) of the same calls. Metrics:
 median time with p20/p80 over the timed repetitions after warm-up, peak extra memory
-(benchmarks/memory.py states the method), achieved FLOP/s (formula printed) and, for
+(psd_kernels/tools/peak_memory.py states the method), achieved FLOP/s (formula printed) and, for
 each psd provider, the time ratio to every peer measured in the same run.
 
 Rows are appended to benchmarks/data/<op>.csv with the fixed schema and row writer of
@@ -35,7 +35,8 @@ import time
 import numpy as np
 import torch
 
-from memory import CPU_METHOD, CPU_METHOD_IN_PROCESS, CUDA_METHOD, available_bytes, release_freed_memory_to_os
+from psd_kernels.tools.peak_memory import (CPU_METHOD, CPU_METHOD_IN_PROCESS, CUDA_METHOD, available_bytes,
+                                          release_freed_memory_to_os)
 from providers import BENCHMARK_TEACHERS, OPS, Case, all_providers
 from rows import append_csv, timestamp, version_string
 from runner import IsolatedWorker, measure_safely

@@ -6,7 +6,7 @@
 For each world size W, W processes on this machine (gloo, one torch thread each) each hold b
 image-text pairs and run forward + backward of one loss, several times; each rank reports its
 peak extra RSS over the calls (VmHWM after minus VmRSS before, VmHWM reset through
-/proc/self/clear_refs: benchmarks/memory.py) and the median time; the row is the largest rank.
+/proc/self/clear_refs: psd_kernels/tools/peak_memory.py) and the median time; the row is the largest rank.
 Providers: psd-siglip (PSDSigLipLoss, backend auto: the C++ op when built) and open_clip's
 SigLipLoss with dist_impl bidir (its default) and gather. open_clip keeps a b x b logit block
 and its elementwise intermediates per peer for the backward, so its memory grows by O(W b^2);
@@ -36,7 +36,7 @@ def rank_main(args) -> None:
     """One rank: its peak extra RSS and median time of forward + backward, as one JSON line."""
     import torch.distributed as dist
 
-    from memory import PeakMemory
+    from psd_kernels.tools.peak_memory import PeakMemory
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=args.init, rank=args.rank, world_size=args.world,

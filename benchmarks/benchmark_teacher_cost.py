@@ -15,7 +15,7 @@ when every teacher exists (prev_epoch has no teacher in epoch 0):
                  by other processes on the machine) and as wall time
     peak memory  the process's peak resident set size (VmHWM) over epoch 1's steps, reset
                  through /proc/self/clear_refs after epoch 1's first step; glibc returns every
-                 buffer above 1 MiB to the OS when it is freed (benchmarks/memory.py)
+                 buffer above 1 MiB to the OS when it is freed (psd_kernels/tools/peak_memory.py)
 
 Sources (--sources): where the trainer's teacher comes from (psd_train's --psd-teacher choices),
 and no_teacher (psd_kernels.vocabulary.NO_TEACHER: --psd-alpha-max 0, PSDLoss is CLIP's loss)
@@ -58,7 +58,7 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from memory import release_freed_memory_to_os, _status_kib
+from psd_kernels.tools.peak_memory import _status_kib, release_freed_memory_to_os
 from psd_train.main import main
 
 release_freed_memory_to_os()

@@ -231,16 +231,12 @@ class OpenClipProvider(Provider):
 
 
 @dataclass(frozen=True)
-class PSDSiglipProvider(Provider):
-    backend: str = "reference"
+class PSDSiglipProvider(PSDProvider):
+    """The sigmoid loss of a psd backend; memory as PSDProvider's (the reference materialises B x B)."""
 
     def unavailable(self, case, device):
-        from psd_kernels.backends import BackendUnavailable, resolve_backend
-        try:
-            resolve_backend(self.backend, device, DTYPES[case.dtype], "siglip_rows")
-        except BackendUnavailable as exc:
-            return str(exc)
-        return None
+        from psd_kernels.backends import available_backends
+        return available_backends(device, DTYPES[case.dtype], "siglip_rows").get(self.backend, "unknown backend")
 
     def build(self, case):
         import psd_kernels
@@ -251,11 +247,6 @@ class PSDSiglipProvider(Provider):
                 teacher_image=inputs["teacher_image"], teacher_text=inputs["teacher_text"],
                 teacher_scale=inputs["teacher_scale"], alpha_image=case.alpha, backend=self.backend)
         return loss
-
-    def memory_guess(self, case):
-        if self.backend == "reference":            # materialised: a handful of B x B buffers
-            return 12.0 * case.batch ** 2 * _elem(case)
-        return 8.0 * case.batch * (case.dim + case.d_teacher) * _elem(case) + (64 << 20)
 
 
 @dataclass(frozen=True)

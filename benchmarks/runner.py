@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from memory import PeakMemory, release_freed_memory_to_os, rss_bytes
+from psd_kernels.tools.peak_memory import PeakMemory, release_freed_memory_to_os, rss_bytes
 from providers import Case, all_providers, make_inputs
 from psd_kernels.vocabulary import DTYPES
 

@@ -7,6 +7,7 @@
 // rows (or columns), so results do not depend on the thread that ran it.
 #include "psd_epilogue.h"
 #include "psd_parallel.h"
+#include "psd_vec.h"
 
 #include <cmath>
 #include <cstring>
@@ -28,35 +29,13 @@ inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 65536 / std::m
 template <typename T>
 struct Lanes;
 
-// fp32: 8 lanes, a branch-free exp with Cody-Waite range reduction
-// exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln2 / 2, and a degree-7
-// polynomial for exp(r) (relative error about 2e-7, i.e. 2 ulp).
+// fp32: 8 lanes, exp by psd_vec.h's polynomial (relative error about 2e-7).
 template <>
 struct Lanes<float> {
   typedef float V __attribute__((vector_size(32)));
   typedef int32_t I __attribute__((vector_size(32)));
   static constexpr int n = 8;
-  static inline V exp(V x) {
-    const V lo = splat(-87.0f), hi = splat(88.0f);
-    V xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-    V k = (xc * splat(1.44269504088896341f) + magic) - magic;
-    V r = xc - k * splat(0.693359375f);
-    r = r - k * splat(-2.12194440e-4f);
-    V p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3334519073e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * r * r + r + splat(1.0f);
-    I bits = (__builtin_convertvector(k, I) + 127) << 23;
-    V scale;
-    std::memcpy(&scale, &bits, sizeof(V));
-    V res = p * scale;
-    return x < lo ? splat(0.0f) : res;  // underflow and exp(-inf) give 0
-  }
+  static inline V exp(V x) { return vec::exp(x); }
   static inline V splat(float v) { return V{} + v; }
 };
 
@@ -65,25 +44,11 @@ template <>
 struct Lanes<double> {
   typedef double V __attribute__((vector_size(32)));
   static constexpr int n = 4;
-  static inline V exp(V x) {
-    V r;
-    for (int k = 0; k < n; ++k) r[k] = std::exp(x[k]);
-    return r;
-  }
+  static inline V exp(V x) { return vec::exp(x); }
   static inline V splat(double v) { return V{} + v; }
 };
 
-template <typename T>
-using Vec = typename Lanes<T>::V;
-
-template <typename T>
-inline Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+using namespace vec;  // Vec<T> (Lanes<T>::V), load, store, hsum
 template <typename T>
 inline Vec<T> vmax(Vec<T> a, Vec<T> b) { return a > b ? a : b; }
 template <typename T>
@@ -91,12 +56,6 @@ inline T hmax(Vec<T> v) {
   T m = v[0];
   for (int k = 1; k < Lanes<T>::n; ++k) m = v[k] > m ? v[k] : m;
   return m;
-}
-template <typename T>
-inline T hsum(Vec<T> v) {
-  T a = 0;
-  for (int k = 0; k < Lanes<T>::n; ++k) a += v[k];
-  return a;
 }
 // Scalar exp through the vector code, so tails round exactly like the body.
 template <typename T>

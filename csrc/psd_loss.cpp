@@ -40,8 +40,10 @@
 #include <limits>
 #include <tuple>
 
+#include "psd_checks.h"
 #include "psd_epilogue.h"
 #include "psd_parallel.h"
+#include "psd_siglip_ops.h"
 
 namespace psd {
 
@@ -142,17 +144,8 @@ void check_vector(const Tensor& v, int64_t n, const char* name, const Tensor& x)
 Inputs prepare(const Tensor& x, const Tensor& y, const Tensor& scale, const Tensor& alpha, const Tensor& labels,
                const optional<Tensor>& alpha_col, const optional<Tensor>& teacher_x,
                const optional<Tensor>& teacher_y, const optional<Tensor>& teacher_scale) {
-  TORCH_CHECK(x.dim() == 2 && y.dim() == 2, "x and y must be 2-D, got ", x.sizes(), " and ", y.sizes());
-  TORCH_CHECK(x.size(1) == y.size(1), "x and y must have the same width, got ", x.size(1), " and ", y.size(1));
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "x and y must have one dtype, got ", x.scalar_type(), " and ",
-              y.scalar_type());
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "x must be float16, bfloat16, float32 or float64, got ", st);
-  TORCH_CHECK(y.device() == x.device(), "y must be on ", x.device(), ", got ", y.device());
-  TORCH_CHECK(x.size(0) > 0 && y.size(0) > 0, "x and y need at least one row");
+  const auto acc = check_embeddings(x, y);
   TORCH_CHECK(scale.numel() == 1, "scale must have one element, got ", scale.numel());
-  const auto acc = st == at::kDouble ? at::kDouble : at::kFloat;
   Inputs in;
   in.M = x.size(0);
   in.N = y.size(0);
@@ -474,24 +467,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_backward(
   "Tensor x, Tensor y, Tensor scale, Tensor alpha, Tensor labels, Tensor? alpha_col, Tensor? teacher_x, " \
   "Tensor? teacher_y, Tensor? teacher_scale"
 
+// Every psd op: the softmax loss's (here) and the sigmoid loss's (psd_siglip.cpp), each with one
+// driver for CPU and CUDA tensors.
 TORCH_LIBRARY(psd, m) {
   m.def("forward(" PSD_ARGS ") -> (Tensor, Tensor)");
   m.def("backward(" PSD_ARGS ", Tensor grad_row, Tensor? grad_col) -> (Tensor, Tensor, Tensor)");
   m.def("forward_backward(" PSD_ARGS ", Tensor weight_row, Tensor? weight_col) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("siglip_forward(" PSD_SIGLIP_ARGS ") -> Tensor");
+  m.def("siglip_backward(" PSD_SIGLIP_ARGS ", Tensor grad_rows) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("siglip_forward_backward(" PSD_SIGLIP_ARGS ", Tensor weight_rows) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(psd, CPU, m) {
+template <typename Library>
+void define_kernels(Library& m) {
   m.impl("forward", &forward);
   m.impl("backward", &backward);
   m.impl("forward_backward", &forward_backward);
+  m.impl("siglip_forward", &siglip_forward);
+  m.impl("siglip_backward", &siglip_backward);
+  m.impl("siglip_forward_backward", &siglip_forward_backward);
 }
 
+TORCH_LIBRARY_IMPL(psd, CPU, m) { define_kernels(m); }
 #ifdef PSD_WITH_CUDA
-TORCH_LIBRARY_IMPL(psd, CUDA, m) {
-  m.impl("forward", &forward);
-  m.impl("backward", &backward);
-  m.impl("forward_backward", &forward_backward);
-}
+TORCH_LIBRARY_IMPL(psd, CUDA, m) { define_kernels(m); }
 #endif
 
 }  // namespace psd

@@ -37,9 +37,11 @@
 #include <tuple>
 #include <vector>
 
+#include "psd_checks.h"
 #include "psd_epilogue.h"
 #include "psd_parallel.h"
 #include "psd_siglip.h"
+#include "psd_siglip_ops.h"
 
 namespace psd {
 namespace {
@@ -73,16 +75,7 @@ Inputs prepare(const Tensor& x, const Tensor& y, const Tensor& scale, const Tens
                const Tensor& alpha_cols, const Tensor& labels, const optional<Tensor>& teacher_x,
                const optional<Tensor>& teacher_y, const optional<Tensor>& teacher_scale,
                const optional<Tensor>& teacher_bias) {
-  TORCH_CHECK(x.dim() == 2 && y.dim() == 2, "x and y must be 2-D, got ", x.sizes(), " and ", y.sizes());
-  TORCH_CHECK(x.size(1) == y.size(1), "x and y must have the same width, got ", x.size(1), " and ", y.size(1));
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "x and y must have one dtype, got ", x.scalar_type(), " and ",
-              y.scalar_type());
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "x must be float16, bfloat16, float32 or float64, got ", st);
-  TORCH_CHECK(y.device() == x.device(), "y must be on ", x.device(), ", got ", y.device());
-  TORCH_CHECK(x.size(0) > 0 && y.size(0) > 0, "x and y need at least one row");
-  const auto acc = st == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = check_embeddings(x, y);
   Inputs in;
   in.M = x.size(0);
   in.N = y.size(0);
@@ -115,8 +108,9 @@ Inputs prepare(const Tensor& x, const Tensor& y, const Tensor& scale, const Tens
     TORCH_CHECK(tx.dim() == 2 && tx.size(0) == in.M, "teacher_x must be ", in.M, " x D', got ", tx.sizes());
     TORCH_CHECK(ty.dim() == 2 && ty.size(0) == in.N && ty.size(1) == tx.size(1), "teacher_y must be ", in.N,
                 " x ", tx.size(1), ", got ", ty.sizes());
-    TORCH_CHECK(tx.scalar_type() == st && ty.scalar_type() == st, "teacher_x and teacher_y must have x's dtype ",
-                st, ", got ", tx.scalar_type(), " and ", ty.scalar_type());
+    TORCH_CHECK(tx.scalar_type() == x.scalar_type() && ty.scalar_type() == x.scalar_type(),
+                "teacher_x and teacher_y must have x's dtype ", x.scalar_type(), ", got ", tx.scalar_type(), " and ",
+                ty.scalar_type());
     TORCH_CHECK(tx.device() == x.device() && ty.device() == x.device(), "teacher_x and teacher_y must be on ",
                 x.device());
     in.tx = tx.to(acc).contiguous();
@@ -279,11 +273,6 @@ Sweep sweep(const Inputs& in, const Tensor& w_in, bool want_loss) {
   return out;
 }
 
-#define PSD_SIGLIP_PARAMS                                                                                   \
-  const Tensor &x, const Tensor &y, const Tensor &scale, const Tensor &bias, const Tensor &alpha_rows,     \
-      const Tensor &alpha_cols, const Tensor &labels, const optional<Tensor> &teacher_x,                   \
-      const optional<Tensor> &teacher_y, const optional<Tensor> &teacher_scale,                            \
-      const optional<Tensor> &teacher_bias
 #define PSD_SIGLIP_PASS \
   x, y, scale, bias, alpha_rows, alpha_cols, labels, teacher_x, teacher_y, teacher_scale, teacher_bias
 
@@ -294,6 +283,8 @@ Inputs checked(PSD_SIGLIP_PARAMS) {
 #endif
   return prepare(PSD_SIGLIP_PASS);
 }
+
+}  // namespace
 
 // psd::siglip_forward: the per-row losses row_i = sum_j e_ij, (M,), fp32 (fp64 for fp64 inputs).
 // The dot products (and the teacher's) only: 2 M N D (+ 2 M N D').
@@ -324,33 +315,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> siglip_forward_backward(PSD_S
   Tensor loss = at::dot(r.loss_rows, weight_rows.to(r.loss_rows.scalar_type()));
   return {loss, r.dx.to(x.scalar_type()), r.dy.to(y.scalar_type()), r.ds_rows.sum(), r.db_rows.sum()};
 }
-
-}  // namespace
-
-#define PSD_SIGLIP_ARGS                                                                                  \
-  "Tensor x, Tensor y, Tensor scale, Tensor bias, Tensor alpha_rows, Tensor alpha_cols, Tensor labels, " \
-  "Tensor? teacher_x, Tensor? teacher_y, Tensor? teacher_scale, Tensor? teacher_bias"
-
-// psd_loss.cpp defines the library (TORCH_LIBRARY(psd, ...)); the sigmoid ops are a fragment of it.
-TORCH_LIBRARY_FRAGMENT(psd, m) {
-  m.def("siglip_forward(" PSD_SIGLIP_ARGS ") -> Tensor");
-  m.def("siglip_backward(" PSD_SIGLIP_ARGS ", Tensor grad_rows) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("siglip_forward_backward(" PSD_SIGLIP_ARGS
-        ", Tensor weight_rows) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(psd, CPU, m) {
-  m.impl("siglip_forward", &siglip_forward);
-  m.impl("siglip_backward", &siglip_backward);
-  m.impl("siglip_forward_backward", &siglip_forward_backward);
-}
-
-#ifdef PSD_WITH_CUDA
-TORCH_LIBRARY_IMPL(psd, CUDA, m) {
-  m.impl("siglip_forward", &siglip_forward);
-  m.impl("siglip_backward", &siglip_backward);
-  m.impl("siglip_forward_backward", &siglip_forward_backward);
-}
-#endif
 
 }  // namespace psd

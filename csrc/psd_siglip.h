@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace psd {
 namespace siglip {
@@ -23,6 +24,28 @@ enum class Teacher : int {
   kScaled = 1,    // t = ts d + tb: the same dot products at another scale and/or bias
   kSeparate = 2,  // t = ts <tx_i, ty_j> + tb: the tile's second buffer
 };
+
+// f(std::integral_constant<Teacher, k>{}) for the runtime teacher case k: the epilogues are compiled
+// once per case (CPU and CUDA alike).
+template <typename F>
+inline void with_teacher(Teacher teacher, F&& f) {
+  switch (teacher) {
+    case Teacher::kSelf: return f(std::integral_constant<Teacher, Teacher::kSelf>{});
+    case Teacher::kScaled: return f(std::integral_constant<Teacher, Teacher::kScaled>{});
+    case Teacher::kSeparate: return f(std::integral_constant<Teacher, Teacher::kSeparate>{});
+  }
+}
+
+// f(teacher, grad, loss) with each as a compile-time constant (std::integral_constant): the
+// teacher case, whether the tile forms G (w set) and whether it sums the loss (loss set).
+template <typename F>
+inline void with_case(Teacher teacher, bool grad, bool loss, F&& f) {
+  with_teacher(teacher, [&](auto k) {
+    if (grad && loss) return f(k, std::true_type{}, std::true_type{});
+    if (grad) return f(k, std::true_type{}, std::false_type{});
+    if (loss) return f(k, std::false_type{}, std::true_type{});
+  });
+}
 
 struct Params {
   double s, b;    // student: l = s d + b

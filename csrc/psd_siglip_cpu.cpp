@@ -10,6 +10,7 @@
 //   sigmoid(l)  = 1 / (1 + E) for l >= 0,  E / (1 + E) for l < 0
 // Reads the tile (and the teacher tile) once, writes G over it once.
 #include "psd_siglip.h"
+#include "psd_vec.h"
 
 #include <cmath>
 #include <cstring>
@@ -30,30 +31,7 @@ struct Lanes<float> {
   static constexpr int n = 8;
   static inline V splat(float v) { return V{} + v; }
   static inline I iota() { return I{0, 1, 2, 3, 4, 5, 6, 7}; }
-  // exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln2 / 2 (Cody-Waite), degree-7 polynomial:
-  // relative error about 2e-7. Below -87 (and for -inf) it returns 0. The same as
-  // psd_epilogue_cpu.cpp's, whose helpers are private to that file.
-  static inline V exp(V x) {
-    const V lo = splat(-87.0f), hi = splat(88.0f);
-    V xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-    V k = (xc * splat(1.44269504088896341f) + magic) - magic;
-    V r = xc - k * splat(0.693359375f);
-    r = r - k * splat(-2.12194440e-4f);
-    V p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3334519073e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * r * r + r + splat(1.0f);
-    I bits = (__builtin_convertvector(k, I) + 127) << 23;
-    V scale;
-    std::memcpy(&scale, &bits, sizeof(V));
-    V res = p * scale;
-    return x < lo ? splat(0.0f) : res;
-  }
+  static inline V exp(V x) { return vec::exp(x); }  // psd_vec.h
   // log1p(v) for v in [0, 1] (the only range the loss needs: v = exp(-|l|)). Cephes' logf
   // kernel on u = 1 + v without forming u: for u < sqrt 2 its reduced argument u - 1 is v
   // itself (exact, so tiny v keep full relative precision); above, u = 2 m with
@@ -86,11 +64,7 @@ struct Lanes<double> {
   static constexpr int n = 4;
   static inline V splat(double v) { return V{} + v; }
   static inline I iota() { return I{0, 1, 2, 3}; }
-  static inline V exp(V x) {
-    V r;
-    for (int k = 0; k < n; ++k) r[k] = std::exp(x[k]);
-    return r;
-  }
+  static inline V exp(V x) { return vec::exp(x); }
   static inline V log1p(V x) {
     V r;
     for (int k = 0; k < n; ++k) r[k] = std::log1p(x[k]);
@@ -98,23 +72,7 @@ struct Lanes<double> {
   }
 };
 
-template <typename T>
-using Vec = typename Lanes<T>::V;
-
-template <typename T>
-inline Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
-template <typename T>
-inline T hsum(Vec<T> v) {
-  T a = 0;
-  for (int k = 0; k < Lanes<T>::n; ++k) a += v[k];
-  return a;
-}
+using namespace vec;  // Vec<T> (Lanes<T>::V), load, store, hsum
 
 // sigmoid(v) and E = exp(-|v|) with one exp and one division.
 template <typename T>
@@ -218,21 +176,11 @@ void tile_impl(const Params& p, const Tile<T>& tl) {
   }
 }
 
-template <typename T, Teacher K>
-void dispatch_modes(const Params& p, const Tile<T>& tile) {
-  const bool grad = tile.w != nullptr, loss = tile.loss != nullptr;
-  if (grad && loss) return tile_impl<T, K, true, true>(p, tile);
-  if (grad) return tile_impl<T, K, true, false>(p, tile);
-  if (loss) return tile_impl<T, K, false, true>(p, tile);
-}
-
 template <typename T>
 void dispatch(const Params& p, const Tile<T>& tile) {
-  switch (p.teacher) {
-    case Teacher::kSelf: return dispatch_modes<T, Teacher::kSelf>(p, tile);
-    case Teacher::kScaled: return dispatch_modes<T, Teacher::kScaled>(p, tile);
-    case Teacher::kSeparate: return dispatch_modes<T, Teacher::kSeparate>(p, tile);
-  }
+  with_case(p.teacher, tile.w != nullptr, tile.loss != nullptr, [&](auto k, auto grad, auto loss) {
+    tile_impl<T, decltype(k)::value, decltype(grad)::value, decltype(loss)::value>(p, tile);
+  });
 }
 
 }  // namespace

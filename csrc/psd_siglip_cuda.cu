@@ -15,9 +15,7 @@
 
 #include "psd_siglip.h"
 
-namespace psd {
-namespace siglip {
-namespace cuda {
+namespace psd::siglip::cuda {
 namespace {
 
 constexpr int kThreads = 256;
@@ -109,29 +107,17 @@ __global__ void __launch_bounds__(kThreads) siglip_kernel(Tile<T> tl, T s, T b, 
   }
 }
 
-template <typename T, Teacher K>
-void launch_modes(const Params& p, const Tile<T>& tl) {
-  const bool grad = tl.w != nullptr, loss = tl.loss != nullptr;
+// One thread block per row of the tile, on the current stream, compiled per (teacher, grad, loss).
+template <typename T>
+void launch(const Params& p, const Tile<T>& tl) {
   auto stream = at::cuda::getCurrentCUDAStream();
   const T s = static_cast<T>(p.s), b = static_cast<T>(p.b), ts = static_cast<T>(p.ts), tb = static_cast<T>(p.tb);
   const dim3 grid(static_cast<unsigned>(tl.rows));
-  if (grad && loss) {
-    siglip_kernel<T, K, true, true><<<grid, kThreads, 0, stream>>>(tl, s, b, ts, tb);
-  } else if (grad) {
-    siglip_kernel<T, K, true, false><<<grid, kThreads, 0, stream>>>(tl, s, b, ts, tb);
-  } else if (loss) {
-    siglip_kernel<T, K, false, true><<<grid, kThreads, 0, stream>>>(tl, s, b, ts, tb);
-  }
+  with_case(p.teacher, tl.w != nullptr, tl.loss != nullptr, [&](auto k, auto grad, auto loss) {
+    siglip_kernel<T, decltype(k)::value, decltype(grad)::value, decltype(loss)::value>
+        <<<grid, kThreads, 0, stream>>>(tl, s, b, ts, tb);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename T>
-void launch(const Params& p, const Tile<T>& tl) {
-  switch (p.teacher) {
-    case Teacher::kSelf: return launch_modes<T, Teacher::kSelf>(p, tl);
-    case Teacher::kScaled: return launch_modes<T, Teacher::kScaled>(p, tl);
-    case Teacher::kSeparate: return launch_modes<T, Teacher::kSeparate>(p, tl);
-  }
 }
 
 }  // namespace
@@ -139,6 +125,4 @@ void launch(const Params& p, const Tile<T>& tl) {
 void epilogue(const Params& p, const Tile<float>& tile) { launch(p, tile); }
 void epilogue(const Params& p, const Tile<double>& tile) { launch(p, tile); }
 
-}  // namespace cuda
-}  // namespace siglip
-}  // namespace psd
+}  // namespace psd::siglip::cuda

@@ -174,11 +174,10 @@ class PSDLoss(ScheduledLoss):
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False,
                 teacher_image_features=None, teacher_text_features=None, teacher_logit_scale=None,
                 dist_image_features=None, dist_text_features=None, dist_logit_scale=None):
-        teacher_image = _one_of("teacher_image_features", teacher_image_features,
-                                "dist_image_features", dist_image_features)
-        teacher_text = _one_of("teacher_text_features", teacher_text_features,
-                               "dist_text_features", dist_text_features)
-        teacher_scale = _one_of("teacher_logit_scale", teacher_logit_scale, "dist_logit_scale", dist_logit_scale)
+        teacher_image, teacher_text, teacher_scale = teacher_inputs(
+            image_features=(teacher_image_features, dist_image_features),
+            text_features=(teacher_text_features, dist_text_features),
+            logit_scale=(teacher_logit_scale, dist_logit_scale))
         if teacher_scale is None:
             teacher_scale = self.teacher_scale
         if logit_bias is not None and torch.as_tensor(logit_bias).numel() != 1:
@@ -199,7 +198,12 @@ class PSDLoss(ScheduledLoss):
         return {"contrastive_loss": loss} if output_dict else loss
 
 
-def _one_of(name, value, alias, alias_value):
-    if value is not None and alias_value is not None:
-        raise ValueError(f"give {name} or its open_clip name {alias}, not both")
-    return alias_value if value is None else value
+def teacher_inputs(**given) -> list:
+    """The teacher's inputs, each given under its name teacher_<input> or open_clip's dist_<input>:
+    given maps each input (image_features, ...) to (teacher_ value, dist_ value); both is an error."""
+    out = []
+    for name, (value, alias_value) in given.items():
+        if value is not None and alias_value is not None:
+            raise ValueError(f"give teacher_{name} or its open_clip name dist_{name}, not both")
+        out.append(alias_value if value is None else value)
+    return out

@@ -25,7 +25,7 @@ import functools
 
 from psd_kernels import assembly
 from psd_kernels.distributed import siglip_loss_in_group
-from psd_kernels.loss import ScheduledLoss, _one_of
+from psd_kernels.loss import ScheduledLoss, teacher_inputs
 from psd_kernels.schedule import IMAGE_ROWS, TEXT_ROWS
 
 DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
@@ -55,28 +55,22 @@ class PSDSigLipLoss(ScheduledLoss):
                  soft_fraction_ramp_steps: int = 0, steps_per_epoch: int | None = None,
                  step_per_forward: bool = True, seed: int = 0, teacher_scale: float | None = None,
                  teacher_bias: float | None = None, backend: str = "auto", process_group=None):
-        dist_impl = dist_impl or "bidir"
-        if dist_impl not in DIST_IMPLS:
-            raise ValueError(f"dist_impl must be one of {DIST_IMPLS} (or None: 'bidir'), got {dist_impl!r}")
-        if teacher_bias is not None and not isinstance(teacher_bias, (int, float)):
-            raise TypeError(f"teacher_bias must be a float or None, got {type(teacher_bias).__name__}")
         super().__init__(alpha_max, schedule, ramp_steps, soft_fraction, soft_fraction_start, soft_fraction_schedule,
                          soft_fraction_ramp_steps, steps_per_epoch, step_per_forward, seed, teacher_scale, backend,
                          rank, world_size, process_group)
-        self.cache_labels = cache_labels
-        self.dist_impl = dist_impl
-        self.teacher_bias = teacher_bias
+        self.dist_impl = _checked_dist_impl(dist_impl)
+        if teacher_bias is not None and not isinstance(teacher_bias, (int, float)):
+            raise TypeError(f"teacher_bias must be a float or None, got {type(teacher_bias).__name__}")
+        self.teacher_bias, self.cache_labels = teacher_bias, cache_labels
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False,
                 teacher_image_features=None, teacher_text_features=None, teacher_logit_scale=None,
                 teacher_logit_bias=None, dist_image_features=None, dist_text_features=None, dist_logit_scale=None,
                 dist_logit_bias=None):
-        teacher_image = _one_of("teacher_image_features", teacher_image_features,
-                                "dist_image_features", dist_image_features)
-        teacher_text = _one_of("teacher_text_features", teacher_text_features,
-                               "dist_text_features", dist_text_features)
-        teacher_scale = _one_of("teacher_logit_scale", teacher_logit_scale, "dist_logit_scale", dist_logit_scale)
-        teacher_bias = _one_of("teacher_logit_bias", teacher_logit_bias, "dist_logit_bias", dist_logit_bias)
+        teacher_image, teacher_text, teacher_scale, teacher_bias = teacher_inputs(
+            image_features=(teacher_image_features, dist_image_features),
+            text_features=(teacher_text_features, dist_text_features),
+            logit_scale=(teacher_logit_scale, dist_logit_scale), logit_bias=(teacher_logit_bias, dist_logit_bias))
         teacher_scale = self.teacher_scale if teacher_scale is None else teacher_scale
         teacher_bias = self.teacher_bias if teacher_bias is None else teacher_bias
         rank, world = self._group()
@@ -90,3 +84,11 @@ class PSDSigLipLoss(ScheduledLoss):
             loss = siglip_loss_in_group(*args, self.process_group, rank, world, backend=self.backend)
         self._end_step()
         return {"contrastive_loss": loss} if output_dict else loss
+
+
+def _checked_dist_impl(dist_impl: str | None) -> str:
+    """open_clip SigLipLoss's dist_impl (None: its default, "bidir"), checked."""
+    dist_impl = dist_impl or "bidir"
+    if dist_impl not in DIST_IMPLS:
+        raise ValueError(f"dist_impl must be one of {DIST_IMPLS} (or None: 'bidir'), got {dist_impl!r}")
+    return dist_impl

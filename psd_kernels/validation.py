@@ -90,8 +90,10 @@ def _same_device_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Ten
         raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; cast them to one dtype")
 
 
-def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks) -> torch.Tensor:
-    """A positive, finite 0-dim scale on `like`'s device (a float becomes a constant tensor)."""
+def _scalar(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks, ok, expected: str):
+    """A 0-dim tensor on `like`'s device from a float (a constant) or a one-element floating tensor
+    (read back with the call's other value checks), whose value passes ok(v): else ValueError naming
+    `expected`."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(value.shape)}")
@@ -99,16 +101,21 @@ def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueC
             raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
-        scale = value.reshape(())
-        at = checks.want(scale)
-        checks.check(lambda v: math.isfinite(v[at][0]) and v[at][0] > 0, lambda v: ValueError(
-            f"{name} must be positive and finite (the exponentiated logit scale), got {v[at][0]}"))
-        return scale
+        scalar = value.reshape(())
+        at = checks.want(scalar)
+        checks.check(lambda v: ok(v[at][0]), lambda v: ValueError(f"{name} must be {expected}, got {v[at][0]}"))
+        return scalar
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite (the exponentiated logit scale), got {value}")
+    if not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value}")
     return torch.tensor(float(value), dtype=ct, device=like.device)
+
+
+def _scale(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks) -> torch.Tensor:
+    """A positive, finite 0-dim scale on `like`'s device (a float becomes a constant tensor)."""
+    return _scalar(name, value, like, ct, checks, lambda v: math.isfinite(v) and v > 0,
+                   "positive and finite (the exponentiated logit scale)")
 
 
 def _alpha(name: str, value, rows: int, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks):
@@ -271,22 +278,7 @@ def symmetric(image, text, logit_scale, teacher_image, teacher_text, teacher_sca
 
 def _bias(name: str, value, like: torch.Tensor, ct: torch.dtype, checks: ValueChecks) -> torch.Tensor:
     """A finite 0-dim bias on `like`'s device (a float becomes a constant tensor)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(value.shape)}")
-        if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
-        if value.device != like.device:
-            raise ValueError(f"{name} is on {value.device} but the embeddings are on {like.device}")
-        bias = value.reshape(())
-        at = checks.want(bias)
-        checks.check(lambda v: math.isfinite(v[at][0]), lambda v: ValueError(f"{name} must be finite, got {v[at][0]}"))
-        return bias
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return torch.tensor(float(value), dtype=ct, device=like.device)
+    return _scalar(name, value, like, ct, checks, math.isfinite, "finite")
 
 
 def siglip(image, text, logit_scale, logit_bias, teacher_image, teacher_text, teacher_scale, teacher_bias,

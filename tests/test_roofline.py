@@ -142,8 +142,22 @@ def test_printout_has_every_row_the_one_sweep_grid_and_json(capsys):
     assert "| fwd_sym | 1 | 256 | 1 | 1.94 | 97.0% |" in out   # B = 32768: the one sweep's grid
     assert R.main(["--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == len(R.CASES) * len(R.GPUS) * len(R.BACKENDS) == 18
+    assert len(rows) == len(R.CASES) * len(R.GPUS) * len(R.BACKENDS) == 30
     assert {r["B"] for r in rows} == {32768, 1 << 20} and {r["gpu"] for r in rows} == {"H100 SXM", "H200"}
     assert all(r["predicted_ms"] == max(r["compute_ms"], r["memory_ms"]) for r in rows)
     assert {r["case"] for r in rows} == {"B=32768 D=512 self_scaled teacher", "B=32768 D=512 separate teacher D'=512",
                                          "B=1048576 D=512 self_scaled teacher"}
+
+
+def test_sigmoid_loss_rows_execute_only_the_useful_products():
+    """The sigmoid loss (mean) computes the scores once (+ the teacher's) and the two gradient
+    products: executed = useful = 6 B^2 D + 2 B^2 D' on both backends, whatever the chunking."""
+    for case in R.CASES:
+        for name in ("psd-siglip-triton", "psd-siglip-cpp"):
+            backend = next(b for b in R.BACKENDS if b.name == name)
+            row = R.predict(case, backend, R.H100_SXM)
+            assert row["executed_flops"] == pytest.approx(case.flops()) and row["useful_share"] == pytest.approx(1.0)
+    separate = R.CASES[1]
+    assert separate.flops() == pytest.approx(8.0 * separate.batch ** 2 * separate.dim)   # D' = D
+    launches = R.siglip_triton_launches(R.CASES[0], R.H100_SXM)
+    assert {x.kernel for x in launches} == {"siglip_tile", "gemm", "gemm_acc"} and R.kernel_ctas("siglip_tile") == 1

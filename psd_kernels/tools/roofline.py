@@ -200,6 +200,9 @@ TRITON_KERNELS = {
     "grad": (128, 64, 8, 255, 74752),       # gradient tiles with the cross terms: 255 / 254
     "gemm": (128, 128, 8, 112, 99328),      # dx chunk (112), and the first chunk's dy (104)
     "gemm_acc": (64, 128, 4, 160, 99328),   # dy += s G^T x_chunk
+    # the sigmoid loss's tile kernel, loss and G in one sweep (LOSS=1, WRITE_G=1), the larger of the
+    # self_scaled and separate teachers' registers: a separate teacher runs 64 x 32 on 8 warps there
+    "siglip_tile": (128, 32, 8, 255, 62464),
 }
 # Per SM, by arch (sm_80: A100, sm_90: H100 / H200, sm_100: B200): shared memory (1 KiB of it
 # reserved per CTA), registers, warps and CTAs it holds.
@@ -270,6 +273,67 @@ def triton_launches(case: Case, gpu: GPU, reduction: str = "mean") -> list:
         if count > 0:
             out.append(launch("gemm_acc", count, 2.0 * r * b * d, cd(b / 64) * cd(d / 128)))
     return out
+
+
+def siglip_triton_launches(case: Case, gpu: GPU) -> list:
+    """The sigmoid loss's forward + backward with a mean (backends/triton/siglip_launcher.py): per
+    chunk of R rows, one tile kernel (the scores, the loss, G written; grid row blocks x column
+    splits), dx_chunk = s G y and dy += s G^T x_chunk by the GEMM kernel. Executed: 6 B^2 D + 2 B^2 D'."""
+    b, d, k = case.batch, case.dim, case.dim + case.d_teacher
+    cd = math.ceil
+    out = []
+    rows = triton_chunk_rows(b)
+    full, last = divmod(b, rows)
+    for r, count in ((rows, full), (last, 1 if last else 0)):
+        if count:
+            programs = cd(r / 128) * _triton_splits(r, gpu.sms)
+            for kernel, flops, grid in (("siglip_tile", 2.0 * r * b * k, programs),
+                                        ("gemm", 2.0 * r * b * d,
+                                         cd(r / 128) * cd(d / 128) * triton_k_splits(r, d, b, gpu.sms)[0]),
+                                        ("gemm_acc", 2.0 * r * b * d, cd(b / 64) * cd(d / 128))):
+                slots = gpu.sms * kernel_ctas(kernel)
+                out.append(PredictedLaunches(kernel, count, flops, grid, wave_efficiency(grid, slots)))
+    return out
+
+
+def siglip_triton_flops(case: Case) -> float:
+    return sum(x.count * x.flops for x in siglip_triton_launches(case, H100_SXM))
+
+
+def siglip_triton_compute_seconds(case: Case, gpu: GPU) -> float:
+    return sum(x.count * x.flops / (gpu.bf16_tensor * x.efficiency) for x in siglip_triton_launches(case, gpu))
+
+
+def siglip_triton_bytes(case: Case, gpu: GPU) -> float:
+    """Per chunk of R rows: the tile kernel reads the chunk's rows and all B columns (+ the teacher's)
+    and writes R x B bf16 G and 3 floats per (row, split); the dx product reads G and y and writes R x D
+    fp32; the dy product reads G and the chunk's rows and reads (after the first chunk) and writes
+    B x D fp32. Then dx, dy are cast to bf16."""
+    b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
+    rows = triton_chunk_rows(b)
+    chunks = math.ceil(b / rows)
+    tiles = chunks * b * (d + dt) * e + b * (d + dt) * e + b * b * e + 3 * b * _triton_splits(rows, gpu.sms) * f
+    products = 2 * b * b * e + chunks * b * d * e + b * d * e + b * d * f + (2 * chunks - 1) * b * d * f
+    return tiles + products + 2 * (b * d * f + b * d * e)
+
+
+def siglip_cpp_flops(case: Case) -> float:
+    """The CUDA driver's one sweep over row blocks: scores (+ the teacher's), dx and dy: 6 B^2 D + 2 B^2 D'."""
+    b2 = float(case.batch) ** 2
+    return 6 * b2 * case.dim + 2 * b2 * case.d_teacher
+
+
+def siglip_cpp_bytes(case: Case) -> float:
+    """Per R x B fp32 block (csrc/psd_siglip.cpp): the GEMM(s) write the scores, the epilogue reads
+    them and writes G in place, dx and dy read G; x, y (+ the teacher's) copied to fp32, dy read and
+    written per block."""
+    b, d, dt, e, f = case.batch, case.dim, case.d_teacher, BF16_BYTES, FP32_BYTES
+    rows, blocks, _ = cpp_blocks(b)
+    products = 2 if case.teacher == "separate" else 1
+    total = 2 * b * (d + dt) * (e + f)
+    per_block = (rows * d * f + b * d * f) + products * rows * b * f * 2 + rows * b * f \
+        + 2 * rows * b * f + rows * d * f + 2 * b * d * f
+    return total + blocks * per_block + 2 * (b * d * f + b * d * e)
 
 
 def triton_k_splits(m: int, n: int, k: int, sms: int) -> tuple[int, int]:
@@ -392,6 +456,9 @@ BACKENDS = (
     Backend("psd-triton", "bf16", triton_flops, triton_bytes, triton_compute_seconds),
     Backend("psd-cpp", "fp32", cpp_flops, lambda case, gpu: cpp_bytes(case)),
     Backend("psd-cpp [tf32]", "tf32", cpp_flops, lambda case, gpu: cpp_bytes(case)),
+    # the sigmoid (SigLIP) loss, mean reduction
+    Backend("psd-siglip-triton", "bf16", siglip_triton_flops, siglip_triton_bytes, siglip_triton_compute_seconds),
+    Backend("psd-siglip-cpp", "fp32", siglip_cpp_flops, lambda case, gpu: siglip_cpp_bytes(case)),
 )
 
 

@@ -3,7 +3,11 @@
     .venv/bin/python -m psd_train.demo                    # 4 min 49 s measured on a shared 2-core machine
     .venv/bin/python -m psd_train.demo --epochs 2 --n-train 500   # a quick look
 
-Steps: build the captioned-MNIST demo data twice from one seed, once with clean captions and
+Steps: first, what the fused losses buy: psd's softmax loss with a separate teacher beside
+open_clip's ClipLoss + DistillClipLoss and psd's sigmoid loss beside open_clip's SigLipLoss, at
+B = 4096, D = 512, time and peak extra memory measured on the spot in a few seconds
+(psd_train.demo.losses_side_by_side; --loss-batch 0 skips it). Then build the captioned-MNIST
+demo data twice from one seed, once with clean captions and
 once with 50% of the training captions swapped between images (psd_train.demo.data; same
 images, same clean captions); train psd-tiny with the plain CLIP loss on both (two processes
 side by side when the machine has two cores); then train it on the noisy captions with
@@ -25,6 +29,7 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from psd_train.demo import losses_side_by_side
 from psd_train.demo.data import build_demo_data
 from psd_train.demo.plugin import PLUGIN
 from psd_train.demo.report import plot_runs, results_table
@@ -73,6 +78,8 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--eval-every", type=int, default=5, help="epochs between evaluations (curves)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss-batch", type=int, default=4096,
+                   help="batch of the first step, psd's losses beside open_clip's (0: skip it)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on a busy machine)")
     p.add_argument("--no-clean-reference", dest="clean_reference", action="store_false",
                    help="skip CLIP on clean captions (the reference line)")
@@ -84,7 +91,16 @@ def main(argv=None) -> dict:
 
     start = time.time()
     threads = _threads(a.threads)
-    print(f"[1/4] demo data (seed {a.seed}): {a.n_train} captioned MNIST digits, clean captions and "
+    losses = None
+    if a.loss_batch:
+        print(f"[1/5] the fused losses beside open_clip's: B = {a.loss_batch}, D = 512, fp32, forward + backward "
+              "on this CPU (time, peak extra memory)", flush=True)
+        losses = losses_side_by_side.table(losses_side_by_side.measure(a.loss_batch, 512))
+        print(losses, flush=True)
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "losses_side_by_side.md"), "w") as f:
+            f.write(losses + "\n")
+    print(f"[2/5] demo data (seed {a.seed}): {a.n_train} captioned MNIST digits, clean captions and "
           f"{a.noise:.0%} of the captions swapped -> {a.out}/data, {a.out}/data_clean", flush=True)
     data = build_demo_data(os.path.join(a.out, "data"), noise=a.noise, seed=a.seed, n_train=a.n_train,
                            n_val=100, n_test=a.n_test, progress=True)
@@ -104,7 +120,7 @@ def main(argv=None) -> dict:
     if clean is not None:
         clip_runs[clean_label] = (clean, "clip_clean")
     side_by_side = len(clip_runs) > 1 and _parallel(a.parallel)
-    print(f"[2/4] training CLIP: psd-tiny, {a.epochs} epochs of {a.n_train} images, batch {a.batch_size}, "
+    print(f"[3/5] training CLIP: psd-tiny, {a.epochs} epochs of {a.n_train} images, batch {a.batch_size}, "
           f"lr {a.lr}; " + (" and ".join(clip_runs) + " in two processes side by side (1 thread each)"
                             if side_by_side else ", then ".join(clip_runs)), flush=True)
     results = {}
@@ -122,7 +138,7 @@ def main(argv=None) -> dict:
             results[label] = _train(argv_of(d, name, method_flags("clip"), threads, True))
 
     clip_checkpoint = results[noisy_label]["checkpoint"]
-    print(f"[3/4] training {method_label}: flags {' '.join(method_flags(a.method, clip_checkpoint))}"
+    print(f"[4/5] training {method_label}: flags {' '.join(method_flags(a.method, clip_checkpoint))}"
           + (f", {threads} thread" if threads else ""), flush=True)
     results[method_label] = _train(argv_of(data, a.method, method_flags(a.method, clip_checkpoint), threads, True))
 
@@ -131,7 +147,7 @@ def main(argv=None) -> dict:
     log_dirs = {label: results[label]["log_dir"] for label in (noisy_label, method_label)}
     reference = {clean_label: results[clean_label]["log_dir"]} if clean is not None else None
     plot = plot_runs(log_dirs, os.path.join(a.out, "demo.png"), reference=reference)
-    print(f"\n[4/4] results on {a.n_test} held-out digits (percent). Seed {a.seed}: one seed is one draw of "
+    print(f"\n[5/5] results on {a.n_test} held-out digits (percent). Seed {a.seed}: one seed is one draw of "
           f"data, initialisation and batch order; docs/demo.md and results/ give the paired results over seeds.\n")
     print(results_table(metrics, TABLE_METRICS))
     print(f"\n(memorised: of the {data['noise_rows']} swapped training pairs, the share whose image ranks its "
@@ -139,7 +155,9 @@ def main(argv=None) -> dict:
     shifts = sorted(k for k in metrics[noisy_label] if k.startswith("shift_") and k != "shift_mean_top1")
     print("\nzero-shot under each distribution shift (percent):\n")
     print(results_table(metrics, shifts))
+    if losses is not None:
+        print(f"\nthe losses themselves (step 1, {a.out}/losses_side_by_side.md):\n\n{losses}")
     print(f"\nplot: {plot}\nlogs: {logs}/<run>/ (out.log, psd_steps.csv, psd_metrics.csv, tensorboard/, "
           f"checkpoints/)\nTensorBoard: .venv/bin/tensorboard --logdir {logs}\n"
           f"total time {time.time() - start:.0f} s")
-    return {"metrics": metrics, "plot": plot, "log_dirs": {**log_dirs, **(reference or {})}}
+    return {"metrics": metrics, "plot": plot, "log_dirs": {**log_dirs, **(reference or {})}, "losses": losses}

@@ -111,9 +111,9 @@ def _siglip_tile_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, labels_ptr, alpha_a_ptr, a
     tiles_per_split = tl.cdiv(tl.cdiv(n_b, BLOCK_N), n_split)
     start = pid_h * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, n_b)
-    acc_e = tl.zeros((BLOCK_M,), tl.float32)
-    acc_ds = tl.zeros((BLOCK_M,), tl.float32)
-    acc_db = tl.zeros((BLOCK_M,), tl.float32)
+    acc_e = tl.zeros((BLOCK_M,), tl.float32)  # per row: sum_j e_ij, sum_j G_ij d_ij, sum_j G_ij
+    acc_ds = acc_e
+    acc_db = acc_e
     for c0 in range(start, end, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < n_b

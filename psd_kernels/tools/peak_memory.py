@@ -13,7 +13,7 @@ CUDA method: torch.cuda.max_memory_allocated() minus memory_allocated() before t
 call, after reset_peak_memory_stats() (the caching allocator's live tensors, not
 its reserved pool).
 
-    .venv/bin/python -m pytest tests/test_benchmarks.py -q -k memory
+    .venv/bin/python -m pytest tests/test_benchmarks.py -q -k memory     (psd_kernels.tools: benchmarks/ and the demo measure with it)
 """
 from __future__ import annotations
 
