@@ -1,6 +1,7 @@
 """Results tables and plots of psd_train runs.
 
     python -m psd_train.demo.report runs/sweep/results.csv          # the paired-seed tables (markdown)
+    python -m psd_train.demo.report RESULTS.csv siglip              # against SigLIP instead of CLIP
 
 summarize(results_csv)  the PSD settings each method ran with (where results.csv records them:
                         the SETTINGS columns, written by the sweep since they exist), then
@@ -369,5 +370,6 @@ def plot_runs(runs: dict[str, str], path: str, reference: dict[str, str] | None 
 
 if __name__ == "__main__":
     results = sys.argv[1] if len(sys.argv) > 1 else "runs/sweep/results.csv"
-    print(summarize(results))
-    print(regime_tables(results))
+    baseline = sys.argv[2] if len(sys.argv) > 2 else "clip"   # siglip: the sigmoid-loss methods' baseline
+    print(summarize(results, baseline=baseline))
+    print(regime_tables(results, method=baseline))
