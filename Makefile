@@ -10,7 +10,7 @@ STAMP := $(VENV)/.psd-installed
 $(STAMP): requirements.txt setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -m pip install -q --no-build-isolation --use-pep517 -e .
 	touch $(STAMP)
 
 install: $(STAMP)

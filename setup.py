@@ -1,7 +1,7 @@
 """Installs psd_kernels and psd_train, and builds the extension psd_kernels._C.
 
-    pip install --no-build-isolation -e .             # psd_kernels' needs only: torch, numpy
-    pip install --no-build-isolation -e ".[train]"    # + what psd_train and its demo need (open_clip_torch, ...)
+    pip install --no-build-isolation --use-pep517 -e .             # psd_kernels' needs only: torch, numpy
+    pip install --no-build-isolation --use-pep517 -e ".[train]"    # + what psd_train and its demo need (open_clip_torch, ...)
 
 Supported: torch 2.8 to 2.14, each with the Triton it ships with (3.4 to 3.8), and Python >= 3.10
 (psd_kernels/tools/info.py: TORCH_FLOOR, TORCH_NEWEST); the tested stacks: docs/compatibility.md.

@@ -33,7 +33,7 @@ per process. DataLoader workers build no model: they receive the tokenizer and t
 open_clip_train built in their parent, so they need no registration.
 
 An installed psd whose metadata predates the entry point (installed from an older setup.py) lists
-no plugin: reinstall it (pip install --no-build-isolation -e . or make install), or set
+no plugin: reinstall it (pip install --no-build-isolation --use-pep517 -e . or make install), or set
 PSD_TRAIN_PLUGINS=psd_train.demo.plugin:PLUGIN.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from psd_train.errors import FlagError, UsageError
 
 ENTRY_POINT_GROUP = "psd_train.plugins"
 ENVIRONMENT_VARIABLE = "PSD_TRAIN_PLUGINS"
-REINSTALL = ("reinstall psd (pip install --no-build-isolation -e . or make install, in the psd repository: "
+REINSTALL = ("reinstall psd (pip install --no-build-isolation --use-pep517 -e . or make install, in the psd repository: "
              f"an install from an older setup.py lists no plugin) or set {ENVIRONMENT_VARIABLE}="
              "psd_train.demo.plugin:PLUGIN")
 

@@ -94,7 +94,7 @@ def run_stack(stack: str, pytest_args: list[str]) -> dict:
     run([python, "-m", "pip", "install", "-q", "setuptools", "wheel", *requirements(stack)], log, check=True)
     copy_tree(src)
     env = dict(os.environ, PSD_SKIP_CUDA_BUILD="1")
-    build = run([python, "-m", "pip", "install", "-q", "--no-build-isolation", "-e", "."], log, cwd=src, env=env)
+    build = run([python, "-m", "pip", "install", "-q", "--no-build-isolation", "--use-pep517", "-e", "."], log, cwd=src, env=env)
     built = time.time()
     result = {"stack": stack, "python": ".".join(map(str, sys.version_info[:2])),
               "torch": installed(python, "torch"), "triton": installed(python, "triton"),

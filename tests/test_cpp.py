@@ -23,7 +23,7 @@ from psd_kernels.tools.info import build_info
 from psd_kernels.vocabulary import TEACHER_CASES
 
 cpp = pytest.importorskip("psd_kernels.backends.cpp", reason="psd_kernels._C is not built "
-                          "(pip install --no-build-isolation -e .)", exc_type=ImportError)
+                          "(pip install --no-build-isolation --use-pep517 -e .)", exc_type=ImportError)
 
 HAS_CUDA = torch.cuda.is_available()
 SIZES = (1, 7, 97, 1025)

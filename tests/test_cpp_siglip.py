@@ -21,7 +21,7 @@ from psd_kernels.backends import siglip_reference as reference
 from psd_kernels.tools import against_reference as A
 
 cpp = pytest.importorskip("psd_kernels.backends.cpp", reason="psd_kernels._C is not built "
-                          "(pip install --no-build-isolation -e .)", exc_type=ImportError)
+                          "(pip install --no-build-isolation --use-pep517 -e .)", exc_type=ImportError)
 
 HAS_CUDA = torch.cuda.is_available()
 NAMES = ("loss", "dx", "dy", "dscale", "dbias")

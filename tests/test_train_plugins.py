@@ -87,7 +87,7 @@ def test_eval_data_without_an_evaluation_names_the_flag(tmp_path):
                                         r"\(plugins: models only\)"):
         plugins.evaluation("DIR", [models_only])
     with pytest.raises(FlagError, match="no psd_train plugin provides an evaluation .plugins: none.; for the demo's "
-                                        "evaluation, reinstall psd .pip install --no-build-isolation -e ."):
+                                        "evaluation, reinstall psd .pip install --no-build-isolation --use-pep517 -e ."):
         plugins.evaluation("DIR", [])
     one, two = Plugin(name="one", evaluate=dict), Plugin(name="two", evaluate=dict)
     with pytest.raises(FlagError, match=r"several psd_train plugins provide an evaluation \(one, two\)"):

@@ -36,7 +36,7 @@ try:
     from psd_kernels import _C
 except ImportError as exc:  # the registry (psd_kernels.backends) reports this message
     raise ImportError(
-        f"the C++ extension psd_kernels._C is not built ({exc}); run pip install --no-build-isolation -e ."
+        f"the C++ extension psd_kernels._C is not built ({exc}); run pip install --no-build-isolation --use-pep517 -e ."
     ) from exc
 
 _ops = torch.ops.psd

@@ -91,7 +91,7 @@ def build_info() -> dict:
     try:
         from psd_kernels import _C
     except ImportError as exc:
-        info["extension_error"] = (f"{exc}; build it with: pip install --no-build-isolation -e . "
+        info["extension_error"] = (f"{exc}; build it with: pip install --no-build-isolation --use-pep517 -e . "
                                    "(run in the repository root)")
         info["cuda_reason"] = "the extension is not built"
         return info
