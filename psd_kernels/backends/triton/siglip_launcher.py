@@ -15,7 +15,7 @@ deterministic, no atomics); ds and db are the sums of the per-row partials.
     siglip_weighted_loss (mean, sum): one pass, loss and every gradient with w_i = 1; the
         weight and the upstream gradient scale the products' alpha and the kept gradients.
         Executed: 2 M N D (+ 2 M N D', separate teacher) for the tiles + 4 M N D for the products
-        = 6 M N D (+ 2 M N D'): the useful FLOPs (docs/siglip_loss.md), within the issue's 8 B^2 D
+        = 6 M N D (+ 2 M N D'): the useful FLOPs (docs/siglip_loss.md), within the budget of 8 B^2 D
         (+ 2 B^2 D'). Self and self_scaled teachers reuse d: no teacher product.
     siglip_rows ("none"): the per-row weights arrive with the backward, so the forward is the
         loss-only sweep (one launch over all rows, 2 M N D (+ 2 M N D')) and the backward
