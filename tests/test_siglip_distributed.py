@@ -25,19 +25,14 @@ import torch
 import torch.distributed as dist
 
 from psd_kernels import psd_siglip_loss
-from psd_kernels.backends import available_backends
 
 pytest.importorskip("open_clip", reason="compares with open_clip's SigLipLoss")
+from test_siglip_api import siglip_cpu_backends  # noqa: E402
 
 WORKER = Path(__file__).with_name("siglip_distributed_worker.py")
 WORLDS = (2, 3, 4)
 TOL = dict(rtol=1e-10, atol=1e-10)
 pytestmark = pytest.mark.timeout(600)
-
-
-def siglip_cpu_backends() -> list:
-    """The backends that run the sigmoid loss on CPU in float64 (the reference, the C++ op when built)."""
-    return [name for name, why_not in available_backends("cpu", torch.float64, "siglip_rows").items() if why_not is None]
 
 
 @pytest.fixture(scope="module", params=WORLDS, ids=lambda w: f"W{w}")

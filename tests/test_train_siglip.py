@@ -16,34 +16,21 @@ slice of the demo data with psd-tiny (4 steps of 16 per epoch, 2 epochs):
 import pytest
 
 pytest.importorskip("open_clip_train", reason="needs the training extras: pip install '.[train]'")
-import csv  # noqa: E402
-import os  # noqa: E402
-
 import torch  # noqa: E402
 
 from psd_train.checkpoint import load_checkpoint  # noqa: E402
-from psd_train.demo.data import build_demo_data  # noqa: E402
-from psd_train.demo.model import TRAIN_FLAGS  # noqa: E402
 from psd_train.errors import FlagError  # noqa: E402
 from psd_train.main import main  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("psd_demo")
-    return build_demo_data(root, noise=0.3, seed=0, n_train=64, n_val=16, n_test=40, progress=False)
+from test_train import argv as train_argv, data, read_steps  # noqa: E402,F401  (data is a fixture)
 
 
 def argv(data, logs, name, *extra, epochs=2):
-    return [*TRAIN_FLAGS, "--siglip", "--train-data", data["train_csv"], "--dataset-type", "csv",
-            "--csv-separator", "\t", "--csv-img-key", "filepath", "--csv-caption-key", "title",
-            "--batch-size", "16", "--epochs", str(epochs), "--workers", "0", "--lr", "1e-3", "--warmup", "2",
-            "--seed", "3", "--logs", str(logs), "--name", name, "--psd-quiet", "--psd-threads", "1", *extra]
+    """test_train's flags (psd-tiny on the demo slice, batch 16) with --siglip."""
+    return train_argv(data, logs, name, "--siglip", *extra, epochs=epochs)
 
 
 def losses(result):
-    with open(os.path.join(result["log_dir"], "psd_steps.csv")) as f:
-        return [float(r["loss"]) for r in csv.DictReader(f)]
+    return [float(r["loss"]) for r in read_steps(result)]
 
 
 SOFT = ["--psd-alpha-max", "0.5", "--psd-schedule", "constant", "--psd-soft-fraction", "0.5"]
